@@ -1,0 +1,70 @@
+"""Build per-agent offline datasets explicitly.
+
+    python -m envs.collect --env-id dg --obs full
+    python -m envs.collect --env-id dg --obs partial --n-transitions 100000
+    python -m envs.collect --env-id matrix-game --payoff "1,5;6,1" --behavior "0.8,0.2;0.4,0.6"
+
+Options left unset take the env's defaults (see `envs/<env>.py`). The algorithm
+scripts build the default recipe themselves when it is missing; this command is for
+building ahead of time or with other recipe options. The folder name is printed.
+"""
+
+from dataclasses import dataclass, fields
+
+import tyro
+
+import envs
+from envs import dataset
+
+
+@dataclass
+class Args:
+    env_id: str = "dg"
+    """environment id (`envs.REGISTRY`)"""
+    dataset_dir: str = dataset.default_dataset_dir()
+    """root folder of datasets (env var ODMARL_DATASET_DIR sets the default)"""
+    force: bool = False
+    """rebuild even if the dataset exists"""
+    # env options (None = env default)
+    obs: str | None = None
+    """dg: `full` (both positions) or `partial` (own position)"""
+    eval_episode_len: int | None = None
+    """dg: steps of an evaluation episode"""
+    start_low: float | None = None
+    """dg: lower bound of the uniform start positions"""
+    start_high: float | None = None
+    """dg: upper bound of the uniform start positions"""
+    payoff: str | None = None
+    """matrix-game: payoff matrix, rows = agent 0's actions, e.g. `1,5;6,1`"""
+    behavior: str | None = None
+    """matrix-game: one behaviour policy per agent (a row of action probabilities), e.g. `0.8,0.2;0.4,0.6`"""
+    # recipe options (None = env default)
+    n_transitions: int | None = None
+    """transitions per agent"""
+    n_episodes: int | None = None
+    """matrix-game: plays of the game per agent (two transitions each)"""
+    episode_len: int | None = None
+    """dg: steps of a dataset episode (ends on a time limit, not a terminal)"""
+    seed: int | None = None
+    """seed of the collection (agent i draws from the stream [seed, i])"""
+
+
+def main(args: Args) -> None:
+    module = envs.env_module(args.env_id)
+    given = {f.name: getattr(args, f.name) for f in fields(args)}
+    env_kwargs = {k: v for k, v in given.items() if k in module.ENV_DEFAULTS}
+    recipe = {k: v for k, v in given.items() if k in module.RECIPE_DEFAULTS}
+    stray = [k for k, v in given.items() if v is not None and k not in {"env_id", "dataset_dir", "force"} and k not in env_kwargs and k not in recipe]
+    if stray:
+        raise envs.InputError(f"{args.env_id} does not take --{', --'.join(s.replace('_', '-') for s in stray)}")
+    env_kwargs, recipe = envs.resolve(args.env_id, env_kwargs, recipe)
+    path = dataset.dataset_path(args.dataset_dir, args.env_id, env_kwargs, recipe)
+    if (path / "meta.json").exists() and not args.force:
+        print(f"{path} exists (use --force to rebuild)")
+        return
+    path = dataset.build(args.env_id, env_kwargs, recipe, args.dataset_dir)
+    print(path)
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

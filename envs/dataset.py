@@ -1,0 +1,182 @@
+"""Per-agent offline datasets: one `agent_<i>.npz` per agent plus `meta.json`.
+
+Agent i's file holds only its own transitions (o_i, a_i, r, o'_i, done, timeout) and,
+for analysis only, the global `states` they were observed from. `done` marks a true
+terminal state; a time-limit end is `timeout` and bootstraps like any other step.
+A dataset folder is written under a temporary name and renamed when complete, so a
+folder that exists is whole. Loading checks it against the requested env and recipe.
+"""
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import envs
+from envs import InputError
+
+FORMAT_VERSION = 1
+DATASET_DIR_ENV = "ODMARL_DATASET_DIR"
+
+
+def default_dataset_dir() -> str:
+    return os.environ.get(DATASET_DIR_ENV, "datasets")
+
+
+def dataset_path(dataset_dir: str, env_id: str, env_kwargs: dict, recipe: dict) -> Path:
+    """`<dataset_dir>/<env_id>-<hash of env kwargs and recipe>`: another recipe, another folder."""
+    key = json.dumps({"env_id": env_id, "env_kwargs": env_kwargs, "recipe": recipe}, sort_keys=True)
+    return Path(dataset_dir) / f"{env_id}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
+
+
+def _versions(module) -> dict:
+    out = {"python": platform.python_version()}
+    for package in ("numpy", *getattr(module, "PINNED_PACKAGES", ())):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None, dataset_dir: str | None = None) -> Path:
+    """Collect every agent's dataset (each from its own episodes) and write the folder atomically."""
+    env_kwargs, recipe = envs.resolve(env_id, env_kwargs, recipe)
+    module = envs.env_module(env_id)
+    env = envs.make(env_id, **env_kwargs)
+    path = dataset_path(dataset_dir or default_dataset_dir(), env_id, env_kwargs, recipe)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    start = time.time()
+    sizes = []
+    try:
+        for agent_id in range(env.n_agents):
+            with tqdm(desc=f"{env_id} agent {agent_id}", unit=" transitions", unit_scale=True) as progress:
+                data = module.collect(env, agent_id, progress=progress, **recipe)
+            validate(data, env, agent_id, f"{env_id} agent {agent_id} (freshly built)")
+            np.savez(tmp / f"agent_{agent_id}.npz", **data)
+            sizes.append(len(data["rewards"]))
+        meta = dict(
+            format_version=FORMAT_VERSION,
+            env_id=env_id,
+            env_kwargs=env_kwargs,
+            recipe=recipe,
+            n_agents=env.n_agents,
+            obs_dims=env.obs_dims,
+            act_dims=env.act_dims,
+            discrete=env.discrete,
+            n_transitions=sizes,
+            build_seconds=round(time.time() - start, 2),
+            created=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            versions=_versions(module),
+        )
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def validate(data: dict, env, agent_id: int, name: str) -> None:
+    """Shapes, dtypes and finiteness of one agent's arrays; one-line error on the first problem."""
+    required = ["obs", "actions", "rewards", "next_obs", "dones", "timeouts"]
+    if env.discrete:
+        required += ["avail_actions", "next_avail_actions"]
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise InputError(f"{name} lacks arrays {missing}; rebuild it with `python -m envs.collect`")
+    n = len(data["rewards"])
+    obs_dim = env.obs_dims[agent_id]
+    expected = {
+        "obs": ((n, obs_dim), np.float32),
+        "next_obs": ((n, obs_dim), np.float32),
+        "rewards": ((n,), np.float32),
+        "dones": ((n,), np.bool_),
+        "timeouts": ((n,), np.bool_),
+    }
+    if env.discrete:
+        n_actions = env.act_dims[agent_id]
+        expected["actions"] = ((n,), np.int64)
+        expected["avail_actions"] = ((n, n_actions), np.bool_)
+        expected["next_avail_actions"] = ((n, n_actions), np.bool_)
+    else:
+        expected["actions"] = ((n, env.act_dims[agent_id]), np.float32)
+    if "states" in data:
+        expected["states"] = ((n, env.state_dim), np.float32)
+    for key, (shape, dtype) in expected.items():
+        array = data[key]
+        if array.shape != shape or array.dtype != dtype:
+            raise InputError(
+                f"{name}: `{key}` is {array.dtype}{list(array.shape)}, expected {np.dtype(dtype)}{list(shape)}; "
+                "rebuild it with `python -m envs.collect`"
+            )
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise InputError(f"{name}: `{key}` holds NaN or inf; rebuild it with `python -m envs.collect`")
+    if env.discrete:
+        a = data["actions"]
+        if a.min() < 0 or a.max() >= env.act_dims[agent_id]:
+            raise InputError(f"{name}: actions outside [0, {env.act_dims[agent_id]}); rebuild it")
+        if not data["avail_actions"][np.arange(n), a].all():
+            raise InputError(f"{name}: an action in the data is not available under its mask; rebuild it")
+
+
+def load(
+    env_id: str,
+    env_kwargs: dict | None = None,
+    recipe: dict | None = None,
+    dataset_dir: str | None = None,
+    agent_ids: list[int] | None = None,
+    build_if_missing: bool = True,
+):
+    """(env, {agent_id: arrays}, meta) for the requested env and recipe; builds the dataset if absent.
+
+    Only the listed agents' files are opened, so one agent can train on its own file alone.
+    """
+    env_kwargs, recipe = envs.resolve(env_id, env_kwargs, recipe)
+    env = envs.make(env_id, **env_kwargs)
+    dataset_dir = dataset_dir or default_dataset_dir()
+    path = dataset_path(dataset_dir, env_id, env_kwargs, recipe)
+    fix = f"build it with `python -m envs.collect --env-id {env_id} --dataset-dir {dataset_dir}` and the same options"
+    if not (path / "meta.json").exists():
+        if not build_if_missing:
+            raise InputError(f"no dataset at {path}; {fix}")
+        print(f"building the {env_id} dataset at {path} (once)")
+        build(env_id, env_kwargs, recipe, dataset_dir)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{path / 'meta.json'} is unreadable ({e}); delete {path} and {fix}") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise InputError(f"{path} has format {meta.get('format_version')}, this code reads {FORMAT_VERSION}; delete it and {fix}")
+    for key, want in (("env_id", env_id), ("env_kwargs", env_kwargs), ("recipe", recipe)):
+        if meta.get(key) != want:
+            raise InputError(f"{path} was built for {key}={meta.get(key)}, not the requested {want}; delete it and {fix}")
+    for package, version in _versions(envs.env_module(env_id)).items():
+        if package in getattr(envs.env_module(env_id), "PINNED_PACKAGES", ()) and meta["versions"].get(package) != version:
+            raise InputError(
+                f"{path} was built with {package} {meta['versions'].get(package)}, this machine has {version} "
+                f"(physics differ between releases); delete it and {fix}"
+            )
+    agent_ids = list(range(env.n_agents)) if agent_ids is None else agent_ids
+    data = {}
+    for agent_id in agent_ids:
+        if not 0 <= agent_id < env.n_agents:
+            raise InputError(f"agent id {agent_id} out of range: {env_id} has agents 0..{env.n_agents - 1}")
+        file = path / f"agent_{agent_id}.npz"
+        try:
+            with np.load(file) as npz:
+                data[agent_id] = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot read {file} ({e}); delete {path} and {fix}") from None
+        validate(data[agent_id], env, agent_id, str(file))
+    return env, data, meta

@@ -1,0 +1,197 @@
+"""matd3bc.py: the weights, the per-agent independence of the batched ensemble, and smoke runs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import matd3bc
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ["--n-transitions", "2000", "--total-steps", "300", "--eval-freq", "150", "--vae-steps", "50",
+        "--eval-episodes", "5", "--hidden-dim", "32", "--batch-size", "32", "--analysis-states", "200"]
+
+
+def run_script(tmp_path, *flags, check=True):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, str(ROOT / "matd3bc.py"), "--dataset-dir", str(tmp_path / "data"), *flags],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def results(tmp_path, exp_name):
+    (path,) = (tmp_path / "runs").glob(f"*__{exp_name}__*/results.json")
+    return json.loads(path.read_text()), path.parent
+
+
+def test_value_deviation_by_hand():
+    next_value = torch.tensor([3.0, 1.0, 2.0, 10.0, -2.5, 5.0])
+    q_sa = torch.tensor([2.98, 1.99, 0.99, 1.99, -2.99, 5.0])
+    rewards = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.0, 5.0])
+    dones = torch.tensor([False, False, False, False, False, True])
+    # E = (Q - r) / 0.99 = [2, 1, 0, 1, -3.0202, 0]
+    got = matd3bc.value_deviation(next_value, q_sa, rewards, dones, gamma=0.99, epsilon=0.5)
+    e4 = -2.99 / 0.99
+    expected = [
+        1 + (3 - 2) / 2,  # 1.5, inside the clip
+        1.0,  # V' = E
+        1.5,  # E = 0: (2 - 0) / 1e-6 is clipped to 1 + eps
+        1.5,  # far above E: clipped high
+        1 + (-2.5 - e4) / abs(e4),  # 1.17, negative E: |E| in the denominator keeps the sign of V' - E
+        1.0,  # terminal: no next state to be optimistic about
+    ]
+    np.testing.assert_allclose(got.numpy(), expected, rtol=1e-5)
+    low = matd3bc.value_deviation(torch.tensor([0.0]), torch.tensor([2.98]), torch.tensor([1.0]), torch.tensor([False]), 0.99, 0.3)
+    assert low.item() == pytest.approx(0.7)  # V' far below E: clipped to 1 - eps
+
+
+def test_transition_normalization_is_a_ratio_of_standard_normal_densities():
+    mu1, mu2 = torch.tensor([[0.3, -0.4]]), torch.tensor([[1.0, 2.0]])
+    density = lambda mu: torch.exp(-(mu**2).sum(-1) / 2)  # noqa: E731
+    np.testing.assert_allclose(matd3bc.transition_normalization(mu1, mu2), density(mu1) / density(mu2), rtol=1e-6)
+
+
+def vae_args(**kw):
+    return SimpleNamespace(**{**dict(vae_latent_dim=4, hidden_dim=64, vae_learning_rate=1e-3, vae_steps=1500,
+                                     vae_batch_size=256, **kw)})
+
+
+def test_vae_lambda_tn_gives_the_rarer_next_state_the_larger_weight():
+    """One state, a binary action, and a next state that follows the action 80% of the time:
+    P(s' = A | a = -0.5) = P(s' = B | a = 0.5) = 0.8. The two rare transitions must weigh more.
+
+    (G2 only reconstructs a, so the ratio of latent densities estimates p(a|s) / p(a|s, s')
+    = p(s'|s) / p(s'|s, a): 1 / P_B(s'|s, a) up to p(s'|s), which is uniform here.)"""
+    rng = np.random.default_rng(0)
+    n = 4000
+    actions = rng.choice([-0.5, 0.5], size=n)
+    follows = rng.random(n) < 0.8
+    next_obs = np.where(follows, np.sign(actions), -np.sign(actions))
+    data = {
+        "obs": torch.zeros(1, n, 1),
+        "actions": torch.as_tensor(actions, dtype=torch.float32).view(1, n, 1),
+        "next_obs": torch.as_tensor(next_obs, dtype=torch.float32).view(1, n, 1),
+        "size": [n],
+    }
+    gens = matd3bc.agent_generators(0, [0], "cpu")
+    lambda_tn, _ = matd3bc.fit_lambda_tn(data, vae_args(), gens, "cpu", progress=False)
+    rare = torch.as_tensor(~follows)
+    assert lambda_tn[0, rare].mean() > 1.5 * lambda_tn[0, ~rare].mean()
+
+
+def make_agents(n_agents, obs_dim=3, act_dim=2, hidden=16):
+    gens = matd3bc.agent_generators(0, list(range(n_agents)), "cpu")
+    nets = [cls(obs_dim, act_dim, hidden, gens) for cls in (matd3bc.Actor, matd3bc.TwinCritic)] * 2
+    return nets, gens
+
+
+def batch_for(n_agents, seeds, batch=8, obs_dim=3, act_dim=2):
+    parts = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        parts.append({
+            "obs": torch.randn(batch, obs_dim, generator=g), "actions": torch.rand(batch, act_dim, generator=g) * 2 - 1,
+            "rewards": torch.randn(batch, generator=g), "next_obs": torch.randn(batch, obs_dim, generator=g),
+            "dones": torch.rand(batch, generator=g) < 0.2, "lambda_tn": torch.rand(batch, generator=g) + 0.5,
+            "noise": torch.randn(batch, act_dim, generator=g),
+        })
+    return {k: torch.stack([p[k] for p in parts]) for k in parts[0]}
+
+
+def agent_gradients(batch, args):
+    torch.manual_seed(0)
+    (actor, critic, actor_target, critic_target), _ = make_agents(2)
+    critic_loss, _, weight, _ = matd3bc.td3bc_critic_loss(critic, critic_target, actor_target, batch, batch["noise"], args)
+    critic_loss.sum().backward()
+    actor_loss = matd3bc.td3bc_actor_loss(actor, critic, batch, weight, args)
+    actor_loss.sum().backward()
+    # agent 0's slice of every gradient (critic members 0 and 2 are agent 0's twins)
+    return [p.grad[0::2].clone() for net in (actor, critic) for p in net.parameters()]
+
+
+def test_other_agents_data_never_reaches_agent_0s_gradients():
+    args = SimpleNamespace(policy_noise=0.2, noise_clip=0.5, gamma=0.99, no_vd=False, epsilon=0.9, alpha=2.5)
+    first = agent_gradients(batch_for(2, [1, 2]), args)
+    second = agent_gradients(batch_for(2, [1, 99]), args)  # agent 1's data replaced
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    third = agent_gradients(batch_for(2, [3, 2]), args)  # agent 0's own data does matter
+    assert not all(torch.equal(a, b) for a, b in zip(first, third))
+
+
+def test_agent_state_round_trip():
+    (actor, critic, *_), _ = make_agents(3)
+    (actor2, critic2, *_), _ = make_agents(3)
+    for net, net2 in ((actor, actor2), (critic, critic2)):
+        state = matd3bc.agent_state(net, 1, 3)
+        matd3bc.load_agent_state(net2, 1, 3, state)
+        for (k, v), v2 in zip(net.state_dict().items(), net2.state_dict().values()):
+            assert torch.equal(v[1::3], v2[1::3]), k
+
+
+def test_smoke_run_writes_results_logs_and_checkpoints(tmp_path):
+    proc = run_script(tmp_path, *TINY, "--save-model", "--exp-name", "smoke")
+    res, run_dir = results(tmp_path, "smoke")
+    assert [e["step"] for e in res["evaluations"]] == [150, 300]
+    final = res["final"]
+    for key in ("team_return", "team_return_std", "extrapolation_error", "value_difference",
+                "weights/lambda_vd_mean", "weights/lambda_tn_min", "weights/lambda_tn_max"):
+        assert np.isfinite(final[key]), key
+    assert 1 - 0.9 <= final["weights/lambda_vd_min"] <= final["weights/lambda_vd_max"] <= 1 + 0.9
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert (run_dir / "agent_0.pt").exists() and (run_dir / "agent_1.pt").exists()
+    assert "step 300 | team return" in proc.stdout
+
+
+def test_same_seed_same_results_on_cpu(tmp_path):
+    run_script(tmp_path, *TINY, "--exp-name", "a")
+    run_script(tmp_path, *TINY, "--exp-name", "b")
+    strip = lambda r: [{k: v for k, v in e.items() if k not in ("seconds", "charts/steps_per_second")} for e in r["evaluations"]]  # noqa: E731
+    assert strip(results(tmp_path, "a")[0]) == strip(results(tmp_path, "b")[0])
+
+
+def test_an_agent_trained_alone_equals_the_same_agent_trained_in_the_team(tmp_path):
+    """Agent i's whole random stream comes from (seed, i): training it alone on its own file
+    (another process, another machine) gives the same weights as training it with the team."""
+    flags = [*TINY, "--save-model", "--eval-freq", "300"]
+    run_script(tmp_path, *flags, "--exp-name", "team")
+    run_script(tmp_path, *flags, "--exp-name", "alone1", "--agent-ids", "1")
+    team = torch.load(results(tmp_path, "team")[1] / "agent_1.pt")
+    alone = torch.load(results(tmp_path, "alone1")[1] / "agent_1.pt")
+    for part in ("actor", "critic"):
+        for k in team[part]:
+            torch.testing.assert_close(team[part][k], alone[part][k], rtol=0, atol=1e-6)
+
+
+def test_team_assembled_from_separate_runs(tmp_path):
+    flags = [*TINY, "--save-model", "--eval-freq", "300"]
+    run_script(tmp_path, *flags, "--exp-name", "only0", "--agent-ids", "0")
+    run_script(tmp_path, *flags, "--exp-name", "only1", "--agent-ids", "1")
+    ckpts = [str(results(tmp_path, "only0")[1] / "agent_0.pt"), str(results(tmp_path, "only1")[1] / "agent_1.pt")]
+    proc = run_script(tmp_path, "--checkpoints", *ckpts, "--exp-name", "assembled", "--eval-episodes", "5", "--hidden-dim", "32")
+    res, _ = results(tmp_path, "assembled")
+    assert np.isfinite(res["final"]["team_return"]) and res["checkpoints"] == ckpts
+    assert "team of 2 checkpoints" in proc.stdout
+    bad = run_script(tmp_path, "--checkpoints", ckpts[1], ckpts[0], "--hidden-dim", "32", check=False)
+    assert bad.returncode == 1 and "holds agent 1" in bad.stderr
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--env-id", "nope"], "error: unknown env id 'nope'; known ids:"),
+    (["--epsilon", "1.5"], "error: --epsilon must lie in [0, 1]"),
+    (["--agent-ids", "0,7"], "error: --agent-ids must be distinct ids in 0..1"),
+    (["--batch-size", "0"], "error: --batch-size must be > 0"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, flags, message):
+    proc = run_script(tmp_path, *TINY, *flags, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr
