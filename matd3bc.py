@@ -435,14 +435,10 @@ if __name__ == "__main__":
         if len(set(agent_ids)) != len(agent_ids) or not all(0 <= i < n_agents for i in agent_ids):
             raise InputError(f"--agent-ids must be distinct ids in 0..{n_agents - 1}, got {args.agent_ids!r}")
     generators = agent_generators(args.seed, agent_ids, device)
-
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, generators, device)
-    critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
     results = dict(run_name=run_name, args=asdict(args), agent_ids=agent_ids, evaluations=[])
 
     if args.checkpoints:  # evaluate a team assembled from separately trained agents
-        obs_mean = torch.zeros(n_agents, 1, obs_dim, device=device)
-        obs_std = torch.ones(n_agents, 1, obs_dim, device=device)
+        ckpts = []
         for i, path in enumerate(args.checkpoints):
             try:
                 ckpt = torch.load(path, map_location=device)
@@ -453,6 +449,15 @@ if __name__ == "__main__":
                     f"{path} holds agent {ckpt.get('agent_id')} of {ckpt.get('env_id')} {ckpt.get('env_kwargs')}, "
                     f"expected agent {i} of {args.env_id} {full_env_kwargs}"
                 )
+            ckpts.append(ckpt)
+        if len({c["args"]["hidden_dim"] for c in ckpts}) > 1:
+            raise InputError("the checkpoints have different --hidden-dim; a team needs one network size")
+        args.hidden_dim = ckpts[0]["args"]["hidden_dim"]
+        actor = Actor(obs_dim, act_dim, args.hidden_dim, generators, device)
+        critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
+        obs_mean = torch.zeros(n_agents, 1, obs_dim, device=device)
+        obs_std = torch.ones(n_agents, 1, obs_dim, device=device)
+        for i, ckpt in enumerate(ckpts):
             load_agent_state(actor, i, n_agents, ckpt["actor"])
             load_agent_state(critic, i, n_agents, ckpt["critic"])
             obs_mean[i], obs_std[i] = ckpt["obs_mean"], ckpt["obs_std"]
@@ -462,6 +467,8 @@ if __name__ == "__main__":
         print(f"team of {len(args.checkpoints)} checkpoints: return {metrics['team_return']:.2f} ± {metrics['team_return_std']:.2f}")
         raise SystemExit(0)
 
+    actor = Actor(obs_dim, act_dim, args.hidden_dim, generators, device)
+    critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
     env, agent_data, meta = datasets.load(args.env_id, env_kwargs, recipe, args.dataset_dir, agent_ids)
     data = stack_agent_data([agent_data[i] for i in agent_ids], args.normalize_obs, device)
     # states from the union of all agents' data, seen through each agent's eyes
@@ -489,7 +496,7 @@ if __name__ == "__main__":
     critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
 
     start_time = time.time()
-    logs = {}
+    logs, actor_loss = {}, torch.zeros(len(agent_ids))
     progress = tqdm(range(1, args.total_steps + 1), desc="training", unit=" steps")
     for global_step in progress:
         # ALGO LOGIC: one TD3+BC update of every agent, weighted by lambda_tn * lambda_vd
@@ -572,4 +579,6 @@ if __name__ == "__main__":
             ), path + ".tmp")
             os.replace(path + ".tmp", path)
             print(f"saved {path}")
+    results["seconds"] = round(time.time() - start_time, 1)
+    write_json(f"runs/{run_name}/results.json", results)
     writer.close()

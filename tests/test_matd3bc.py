@@ -176,11 +176,11 @@ def test_team_assembled_from_separate_runs(tmp_path):
     run_script(tmp_path, *flags, "--exp-name", "only0", "--agent-ids", "0")
     run_script(tmp_path, *flags, "--exp-name", "only1", "--agent-ids", "1")
     ckpts = [str(results(tmp_path, "only0")[1] / "agent_0.pt"), str(results(tmp_path, "only1")[1] / "agent_1.pt")]
-    proc = run_script(tmp_path, "--checkpoints", *ckpts, "--exp-name", "assembled", "--eval-episodes", "5", "--hidden-dim", "32")
+    proc = run_script(tmp_path, "--checkpoints", *ckpts, "--exp-name", "assembled", "--eval-episodes", "5")
     res, _ = results(tmp_path, "assembled")
     assert np.isfinite(res["final"]["team_return"]) and res["checkpoints"] == ckpts
     assert "team of 2 checkpoints" in proc.stdout
-    bad = run_script(tmp_path, "--checkpoints", ckpts[1], ckpts[0], "--hidden-dim", "32", check=False)
+    bad = run_script(tmp_path, "--checkpoints", ckpts[1], ckpts[0], check=False)
     assert bad.returncode == 1 and "holds agent 1" in bad.stderr
 
 
