@@ -1,0 +1,20 @@
+"""The throughput benchmark still runs (its numbers are measured by hand, never asserted)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_throughput_benchmark_prints_one_line_per_setting():
+    proc = subprocess.run(
+        [sys.executable, "benchmark/throughput.py", "--agents", "2", "3", "--hidden", "16", "--batch-size", "8",
+         "--seconds", "0.05", "--repeats", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("agents=")]
+    assert [line.split()[0] for line in lines] == ["agents=2", "agents=3"]
+    assert all("ratio=" in line and "batched=" in line and "naive=" in line for line in lines)
