@@ -7,7 +7,7 @@ Each env module exposes `ENV_DEFAULTS` (keyword arguments of the environment),
 `reset(n_envs, rng)` and `step(actions)`, vectorised over a batch of episodes.
 """
 
-from envs import dg, matrix_game
+from envs import dg, mamujoco, matrix_game
 
 
 class InputError(SystemExit):
@@ -20,6 +20,10 @@ class InputError(SystemExit):
 REGISTRY = {
     "dg": dg,
     "matrix-game": matrix_game,
+    "halfcheetah-2x3": mamujoco.halfcheetah_2x3,
+    "walker2d-2x3": mamujoco.walker2d_2x3,
+    "hopper-3x1": mamujoco.hopper_3x1,
+    "ant-2x4": mamujoco.ant_2x4,
 }
 
 

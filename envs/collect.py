@@ -3,6 +3,7 @@
     python -m envs.collect --env-id dg --obs full
     python -m envs.collect --env-id dg --obs partial --n-transitions 100000
     python -m envs.collect --env-id matrix-game --payoff "1,5;6,1" --behavior "0.8,0.2;0.4,0.6"
+    python -m envs.collect --env-id hopper-3x1      # needs the behaviour actors, see docs/datasets.md
 
 Options left unset take the env's defaults (see `envs/<env>.py`). The algorithm
 scripts build the default recipe themselves when it is missing; this command is for
@@ -47,6 +48,10 @@ class Args:
     """dg: steps of a dataset episode (ends on a time limit, not a terminal)"""
     seed: int | None = None
     """seed of the collection (agent i draws from the stream [seed, i])"""
+    noise_std: float | None = None
+    """multi-agent MuJoCo: std of the Gaussian noise on the behaviour actions (Appendix B's "small noise")"""
+    behavior_dir: str | None = None
+    """multi-agent MuJoCo: folder holding <env-id>/{early,intermediate,expert}.pt (default: envs/behavior/weights)"""
 
 
 def main(args: Args) -> None:

@@ -46,6 +46,11 @@ def _versions(module) -> dict:
     return out
 
 
+def _fingerprint(module, recipe: dict) -> str | None:
+    """A hash of what a recipe reads besides its options (e.g. behaviour policy weights), or None."""
+    return module.fingerprint(recipe) if hasattr(module, "fingerprint") else None
+
+
 def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None, dataset_dir: str | None = None) -> Path:
     """Collect every agent's dataset (each from its own episodes) and write the folder atomically."""
     env_kwargs, recipe = envs.resolve(env_id, env_kwargs, recipe)
@@ -77,6 +82,7 @@ def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = Non
             build_seconds=round(time.time() - start, 2),
             created=time.strftime("%Y-%m-%dT%H:%M:%S"),
             versions=_versions(module),
+            fingerprint=_fingerprint(module, recipe),
         )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if path.exists():
@@ -167,6 +173,9 @@ def load(
                 f"{path} was built with {package} {meta['versions'].get(package)}, this machine has {version} "
                 f"(physics differ between releases); delete it and {fix}"
             )
+    current = _fingerprint(envs.env_module(env_id), recipe)
+    if current is not None and meta.get("fingerprint") != current:
+        raise InputError(f"{path} was built from other behaviour policies than the ones now on disk; delete it and {fix}")
     agent_ids = list(range(env.n_agents)) if agent_ids is None else agent_ids
     data = {}
     for agent_id in agent_ids:

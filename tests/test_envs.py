@@ -165,3 +165,12 @@ def test_collect_cli_builds_and_refuses_foreign_options(tmp_path, capsys):
     assert "dg-" in capsys.readouterr().out
     _, data, _ = dataset.load("dg", {"obs": "partial"}, {"n_transitions": 500}, str(tmp_path), build_if_missing=False)
     assert data[0]["obs"].shape == (500, 1)
+
+
+def test_dataset_from_other_behaviour_policies_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(dg, "fingerprint", lambda recipe: "policies-v1", raising=False)
+    dataset.build("dg", {}, TINY, str(tmp_path))
+    dataset.load("dg", {}, TINY, str(tmp_path))
+    monkeypatch.setattr(dg, "fingerprint", lambda recipe: "policies-v2")
+    with pytest.raises(InputError, match="built from other behaviour policies"):
+        dataset.load("dg", {}, TINY, str(tmp_path))
