@@ -65,7 +65,10 @@ def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = Non
     try:
         for agent_id in range(env.n_agents):
             with tqdm(desc=f"{env_id} agent {agent_id}", unit=" transitions", unit_scale=True) as progress:
-                data = module.collect(env, agent_id, progress=progress, **recipe)
+                try:
+                    data = module.collect(env, agent_id, progress=progress, **recipe)
+                except ValueError as e:  # a recipe option out of range
+                    raise InputError(str(e)) from None
             validate(data, env, agent_id, f"{env_id} agent {agent_id} (freshly built)")
             np.savez(tmp / f"agent_{agent_id}.npz", **data)
             sizes.append(len(data["rewards"]))
@@ -134,6 +137,9 @@ def validate(data: dict, env, agent_id: int, name: str) -> None:
             raise InputError(f"{name}: actions outside [0, {env.act_dims[agent_id]}); rebuild it")
         if not data["avail_actions"][np.arange(n), a].all():
             raise InputError(f"{name}: an action in the data is not available under its mask; rebuild it")
+        for key in ("avail_actions", "next_avail_actions"):
+            if not data[key].any(1).all():
+                raise InputError(f"{name}: a row of `{key}` allows no action at all; rebuild it")
 
 
 def load(

@@ -1,0 +1,214 @@
+"""mabcq_discrete.py: the weights, the masks, the count estimator, and the matrix game's Tables 2-4."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import envs  # noqa: E402
+import mabcq_discrete as M  # noqa: E402
+
+# the paper's Tables 2-4: per agent, own action -> ([P^ over the other's actions], expected return)
+PAPER = {
+    "bcq": [{0: ([0.4, 0.6], 3.4), 1: ([0.4, 0.6], 3.0)}, {0: ([0.8, 0.2], 2.0), 1: ([0.8, 0.2], 4.2)}],
+    "vd": [{0: ([0.12, 0.88], 4.52), 1: ([0.8, 0.2], 5.0)}, {0: ([0.4, 0.6], 4.0), 1: ([0.95, 0.05], 4.8)}],
+    "vd_tn": [{0: ([0.17, 0.83], 4.33), 1: ([0.86, 0.14], 5.29)}, {0: ([0.14, 0.86], 5.29), 1: ([0.83, 0.17], 4.33)}],
+}
+FLAGS = {"bcq": ["--no-vd", "--no-tn"], "vd": ["--no-tn"], "vd_tn": []}
+OUTCOME = {"bcq": ([0, 1], 5.0), "vd": ([1, 1], 1.0), "vd_tn": ([1, 0], 6.0)}  # (a1, a2), (a2, a2), (a2, a1)
+
+
+def run(tmp_path, *flags, check=True):
+    """The script as a user runs it, one torch thread (the machine is shared), runs/ under tmp_path."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "mabcq_discrete.py"), "--dataset-dir", str(tmp_path / "datasets"), *flags]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def results(tmp_path, exp_name):
+    (run_dir,) = (tmp_path / "runs").glob(f"*__{exp_name}__*")
+    return json.loads((run_dir / "results.json").read_text()), run_dir
+
+
+def test_value_deviation_by_hand():
+    gamma, eps = 0.99, 0.99
+    vd = lambda v, q, r=0.0, done=False, g=gamma, e=eps: M.value_deviation(  # noqa: E731
+        torch.tensor([v]), torch.tensor([q]), torch.tensor([r]), torch.tensor([done]), g, e).item()
+    assert vd(6.0, 0.99 * 4) == pytest.approx(1.5, abs=1e-5)  # E = 4: 1 + (6 - 4) / 4
+    assert vd(1.0, 0.99 * 4) == pytest.approx(0.25, abs=1e-5)  # 1 + (1 - 4) / 4
+    assert vd(20.0, 0.99 * 4) == pytest.approx(1.99, abs=1e-6)  # 5 clipped to 1 + eps
+    assert vd(20.0, 0.99 * 4, e=0.5) == pytest.approx(1.5, abs=1e-6)
+    assert vd(-10.0, 0.99 * 4) == pytest.approx(0.01, abs=1e-6)  # -2.5 clipped to 1 - eps
+    assert vd(-1.0, -0.99 * 2) == pytest.approx(1.5, abs=1e-5)  # negative E = -2: 1 + (-1 + 2) / |-2|
+    assert vd(-3.0, -0.99 * 2) == pytest.approx(0.5, abs=1e-5)  # 1 + (-3 + 2) / 2
+    assert vd(5.0, 3.0, r=1.0, g=0.5) == pytest.approx(1.25, abs=1e-5)  # E = (3 - 1) / 0.5 = 4
+    assert vd(100.0, 0.5, r=7.0, done=True) == 1.0  # terminal: nothing to be optimistic about
+    assert vd(-100.0, 0.5, r=7.0, done=True) == 1.0
+
+
+def test_count_estimator_is_exact():
+    A, B, X, Y = [1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [0.0, 2.0]
+    rows = [(A, 0, X)] * 3 + [(A, 0, Y)] + [(A, 1, X)] * 2 + [(B, 0, Y)] * 5 + [(B, 1, X), (B, 1, Y), (B, 1, A)]
+    order = np.random.default_rng(0).permutation(len(rows))  # order must not matter
+    obs, actions, next_obs = (np.array([rows[k][j] for k in order]) for j in range(3))
+    lam = M.count_lambda_tn(obs.astype(np.float32), actions.astype(np.int64), next_obs.astype(np.float32))
+    expected = {(0, 0, 2.0): 4 / 3, (0, 0, 0.0): 4.0, (0, 1, 2.0): 1.0, (1, 0, 0.0): 1.0}
+    for k, o, a, n in zip(range(len(rows)), obs, actions, next_obs):
+        if o[0] == 0 and a == 1:
+            assert lam[k] == pytest.approx(3.0)  # three different s' once each
+        else:
+            assert lam[k] == pytest.approx(expected[(int(o[1]), int(a), n[0])])
+
+
+def test_closed_form_reproduces_tables_2_to_4():
+    env = envs.make("matrix-game")
+    for name, use_vd, use_tn in (("bcq", False, False), ("vd", True, False), ("vd_tn", True, True)):
+        for i in range(2):
+            payoff = env.payoff if i == 0 else env.payoff.T
+            p_data = np.tile(env.behavior[1 - i], (2, 1))
+            p_hat, expected = M.closed_form(p_data, payoff, 1 / p_data if use_tn else np.ones_like(p_data), use_vd, 0.99)
+            for a, (p_paper, e_paper) in PAPER[name][i].items():
+                np.testing.assert_allclose(p_hat[a], p_paper, atol=0.02)
+                assert expected[a] == pytest.approx(e_paper, abs=0.02)
+
+
+def test_masks_are_respected():
+    q = torch.tensor([[[5.0, 1.0, 9.0], [5.0, 1.0, 9.0]]])  # action 2 has the highest Q
+    avail = torch.tensor([[[True, True, False], [True, True, True]]])
+    uniform = torch.zeros_like(q)
+    allowed = M.allowed_actions(uniform, avail, 0.6)
+    assert allowed.tolist() == [[[True, True, False], [True, True, True]]]
+    assert M.greedy_action(q, allowed).tolist() == [[0, 2]]
+    # a masked action with the highest classifier probability does not set the max of the ratio
+    logits = torch.tensor([[[0.0, np.log(0.5), 10.0]]])
+    assert M.allowed_actions(logits, avail[:, :1], 0.6).tolist() == [[[True, False, False]]]
+    assert M.allowed_actions(logits, avail[:, :1], 0.4).tolist() == [[[True, True, False]]]
+    # no legal action at all (after a terminal): every action passes, never NaN
+    assert M.allowed_actions(uniform[:, :1], torch.zeros_like(avail[:, :1]), 0.6).all()
+
+    # the TD target and lambda_vd's V'(s') never use a masked next action, nor does evaluation
+    gens = M.agent_generators(0, [0], "cpu")
+    qnet = M.QNetwork(3, 3, 8, gens)
+    with torch.no_grad():
+        last = qnet.net.layers[-1]
+        last.weight.zero_()
+        last.bias[0] = torch.tensor([[1.0, 2.0, 9.0]])  # Q head of agent 0
+        last.bias[1] = 0.0  # uniform behaviour classifier
+    obs = torch.zeros(1, 4, 3)
+    actions = torch.zeros(1, 4, dtype=torch.long)
+    next_avail = torch.tensor([[[True, True, False], [True, True, True], [True, False, False], [False, True, False]]])
+    next_value, q_sa = M.targets(qnet, qnet, obs, actions, obs, next_avail, 0.6)
+    assert next_value.tolist() == [[2.0, 9.0, 1.0, 2.0]] and q_sa.tolist() == [[1.0] * 4]
+
+    class MaskedGame:  # one step; action 2 is illegal and raises if taken
+        n_agents, discrete, eval_episode_len = 1, True, 1
+
+        def reset(self, n, rng):
+            self.n = n
+            return [np.zeros((n, 3), np.float32)]
+
+        def avail_actions(self):
+            return [np.tile([True, True, False], (self.n, 1))]
+
+        def step(self, actions):
+            assert (actions[0] != 2).all(), "an unavailable action was taken"
+            return [np.zeros((self.n, 3), np.float32)], actions[0].astype(np.float32), np.ones(self.n, bool)
+
+    metrics = M.evaluate(MaskedGame(), qnet, 0.6, 4, 0.99, 0, "cpu")
+    assert metrics["team_return"] == 1.0 and metrics["start_actions"] == [1]
+
+
+@pytest.mark.parametrize("name", ["bcq", "vd", "vd_tn"])
+def test_matrix_game_tables_and_joint_action(tmp_path, name):
+    """Table 2 (no weights), 3 (lambda_vd) and 4 (lambda_vd * lambda_tn, count) on a small budget:
+    a smaller network and a larger learning rate than the paper so that 2000 steps suffice."""
+    run(tmp_path, "--exp-name", name, "--tn-estimator", "count", "--n-episodes", "20000", "--total-steps", "2000",
+        "--eval-freq", "1000", "--hidden-dim", "64", "--learning-rate", "1e-3", *FLAGS[name])
+    res, _ = results(tmp_path, name)
+    final = res["final"]
+    joint, payoff = OUTCOME[name]
+    assert final["start_actions"] == joint and final["team_return"] == payoff
+    for i, table in enumerate(final["tables"]):
+        p_data = np.array(table["p_dataset"])
+        lam_tn = np.array(table["lambda_tn"])
+        if name == "vd_tn":
+            np.testing.assert_allclose(lam_tn, 1 / p_data, rtol=1e-5)  # the count estimator is exact
+        else:
+            assert (lam_tn == 1).all()
+        # an independent closed form on the run's own data: P^ ~ P lambda_tn V (or P without lambda_vd)
+        payoff = np.array(table["payoff"])
+        w = p_data * lam_tn * (payoff if name != "bcq" else 1)
+        p_fixed = w / w.sum(1, keepdims=True)
+        np.testing.assert_allclose(table["p_modified"], p_fixed, atol=0.01)
+        np.testing.assert_allclose(table["p_closed_form"], p_fixed, atol=1e-4)
+        np.testing.assert_allclose(table["expected_return"], (p_fixed * payoff).sum(1), atol=0.05)
+        np.testing.assert_allclose(table["q_over_gamma"], (p_fixed * payoff).sum(1), atol=0.25)
+        np.testing.assert_allclose(table["next_value"], payoff, atol=0.05)
+        for a, (p_paper, e_paper) in PAPER[name][i].items():
+            np.testing.assert_allclose(table["p_modified"][a], p_paper, atol=0.02)
+            assert table["expected_return"][a] == pytest.approx(e_paper, abs=0.05)
+
+
+def test_agents_train_alone_and_assemble_from_checkpoints(tmp_path):
+    common = ["--n-episodes", "500", "--total-steps", "300", "--eval-freq", "300", "--hidden-dim", "32", "--save-model",
+              "--tn-estimator", "count"]
+    run(tmp_path, "--exp-name", "both", *common)
+    for i in (0, 1):
+        run(tmp_path, "--exp-name", f"alone{i}", "--agent-ids", str(i), *common)
+    both, both_dir = results(tmp_path, "both")
+    ckpts = []
+    for i in (0, 1):
+        alone, alone_dir = results(tmp_path, f"alone{i}")
+        assert alone["agent_ids"] == [i] and "team_return" not in alone["final"]
+        # nothing of agent 1 - i reached agent i (up to float rounding: a 1-member batched matmul rounds differently)
+        for key in ("p_modified", "lambda_vd", "expected_return", "q_over_gamma"):
+            np.testing.assert_allclose(alone["final"]["tables"][0][key], both["final"]["tables"][i][key], atol=1e-4)
+        a, b = (torch.load(d / f"agent_{i}.pt")["qnet"] for d in (alone_dir, both_dir))
+        assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+        ckpts.append(str(alone_dir / f"agent_{i}.pt"))
+    out = run(tmp_path, "--exp-name", "team", "--hidden-dim", "32", "--checkpoints", *ckpts)
+    team, _ = results(tmp_path, "team")
+    assert team["final"]["team_return"] == both["final"]["team_return"]
+    assert team["final"]["start_actions"] == both["final"]["start_actions"]
+    assert "team of 2 checkpoints" in out.stdout
+    wrong = run(tmp_path, "--payoff", "2,5;6,1", "--hidden-dim", "32", "--checkpoints", *ckpts, check=False)
+    assert wrong.returncode != 0 and "expected agent 0 of matrix-game" in wrong.stderr
+
+
+def test_smoke_vae_on_a_3x2_game(tmp_path):
+    """The paper's VAE estimator, unequal action counts (padded actions are masked), logs and results."""
+    out = run(tmp_path, "--exp-name", "smoke", "--payoff", "1,2;3,4;5,6", "--behavior", "0.2,0.3,0.5;0.5,0.5",
+              "--n-episodes", "300", "--total-steps", "1000", "--eval-freq", "500", "--vae-steps", "30", "--hidden-dim", "32")
+    res, run_dir = results(tmp_path, "smoke")
+    assert [e["step"] for e in res["evaluations"]] == [500, 1000]
+    final = res["final"]
+    assert 0 <= final["start_actions"][0] < 3 and 0 <= final["start_actions"][1] < 2
+    assert np.isfinite([final["team_return"], final["extrapolation_error"], final["weights/lambda_vd_mean"],
+                        final["weights/lambda_tn_mean"], final["losses/q_loss"]]).all()
+    assert [len(t["p_dataset"]) for t in final["tables"]] == [3, 2]
+    assert np.isfinite(final["tables"][0]["p_modified"]).all() and "vae/g1_loss" in res["vae"]
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    assert "agent 0 (the paper's agent 1), lambda_vd * lambda_tn (vae)" in out.stdout and "greedy joint action" in out.stdout
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--threshold", "1"], "error: --threshold must lie in [0, 1)"),
+    (["--epsilon", "1.5"], "error: --epsilon"),
+    (["--env-id", "dg"], "continuous actions"),
+    (["--payoff", "1,5;6"], "error: matrix-game: --payoff rows differ"),
+    (["--agent-ids", "2"], "--agent-ids must be distinct ids in 0..1"),
+])
+def test_bad_flags_give_one_line_errors(tmp_path, flags, message):
+    out = run(tmp_path, *flags, check=False)
+    assert out.returncode != 0 and message in out.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in out.stderr
