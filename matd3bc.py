@@ -416,6 +416,8 @@ if __name__ == "__main__":
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
     # data: agent i reads only its own file
+    if args.env_id != "dg" and args.obs != "full":
+        raise InputError(f"--obs only applies to dg; {args.env_id} has one observation")
     env_kwargs = {"obs": args.obs} if args.env_id == "dg" else {}
     recipe = {"n_transitions": args.n_transitions}
     env = envs.make(args.env_id, **env_kwargs)
