@@ -25,6 +25,7 @@ OUT = ROOT / "benchmark" / "results" / "dg"
 SEEDS = [1, 2, 3, 4, 5]
 ALGOS = {"matd3bc": [], "td3bc": ["--no-vd", "--no-tn"]}
 STEPS = {"full": 30_000, "partial": 100_000}
+PAPER = {"full": ("46.5 ± 0.9", "38.9 ± 0.8"), "partial": ("31.4 ± 0.6", "20.7 ± 0.6")}  # Table 9
 
 
 def configs():
@@ -81,7 +82,7 @@ def load(name):
 def mean_std(values):
     import numpy as np
 
-    return f"{np.mean(values):.1f} ± {np.std(values):.1f}" if values else "—"
+    return f"{np.mean(values):.1f} ± {np.std(values):.1f} ({len(values)})" if values else "—"
 
 
 def report(args):
@@ -91,9 +92,9 @@ def report(args):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    print("Table 9: final team return (100 evaluation episodes per seed), mean ± std over seeds")
-    print("| observation | steps | MATD3+BC | TD3+BC | seeds |")
-    print("|---|---|---|---|---|")
+    print("Table 9: final team return (100 evaluation episodes per seed), mean ± std over seeds (number of seeds)")
+    print("| observation | steps | MATD3+BC | TD3+BC | paper MATD3+BC | paper TD3+BC |")
+    print("|---|---|---|---|---|---|")
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     for ax, obs in zip(axes, ("full", "partial")):
         cells = []
@@ -105,10 +106,32 @@ def report(args):
                 curves = np.array([[e["team_return"] for e in r["evaluations"]] for r in results])
                 ax.plot(steps, curves.mean(0), label=f"{'MATD3+BC' if algo == 'matd3bc' else 'TD3+BC'} ({len(results)} seeds)")
                 ax.fill_between(steps, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.2)
-        n = len([s for s in SEEDS if load(f"matd3bc_{obs}_s{s}")])
-        print(f"| {obs} | {STEPS[obs]} | {cells[0]} | {cells[1]} | {n} |")
+        print(f"| {obs} | {STEPS[obs]} | {cells[0]} | {cells[1]} | {PAPER[obs][0]} | {PAPER[obs][1]} |")
         ax.set(title=f"DG, {obs} observation", xlabel="gradient steps per agent", ylabel="team return (100 steps)")
         ax.legend()
+    print("\nAnalysis metrics at the final evaluation, mean ± std over seeds (number of seeds)")
+    print("| observation | algorithm | value difference | extrapolation error | Q(start) | MC return (discounted) |")
+    print("|---|---|---|---|---|---|")
+    for obs in ("full", "partial"):
+        for algo in ALGOS:
+            finals = [r["final"] for r in (load(f"{algo}_{obs}_s{s}") for s in SEEDS) if r]
+            cells = [mean_std([f[k] for f in finals]) for k in ("value_difference", "extrapolation_error", "q_start", "mc_return")]
+            print(f"| {obs} | {'MATD3+BC' if algo == 'matd3bc' else 'TD3+BC'} | " + " | ".join(cells) + " |")
+    print("\nTeam return along training, mean ± std over seeds (number of seeds)")
+    print("| observation | steps | MATD3+BC | TD3+BC | MATD3+BC mean λ_vd |")
+    print("|---|---|---|---|---|")
+    for obs in ("full", "partial"):
+        for step in (2500, 5000, 10000, 20000, 30000, 50000, 100000):
+            if step > STEPS[obs]:
+                continue
+            cells = []
+            for algo in ALGOS:
+                evals = [next(e for e in r["evaluations"] if e["step"] == step)
+                         for r in (load(f"{algo}_{obs}_s{s}") for s in SEEDS) if r]
+                cells.append(mean_std([e["team_return"] for e in evals]))
+                if algo == "matd3bc":
+                    lambda_vd = np.mean([e["weights/lambda_vd_mean"] for e in evals]) if evals else float("nan")
+            print(f"| {obs} | {step} | {cells[0]} | {cells[1]} | {lambda_vd:.3f} |")
     print("\nFigure 1c: MATD3+BC on DG (full observation), final team return by epsilon")
     print("| epsilon | team return | seeds |")
     print("|---|---|---|")
