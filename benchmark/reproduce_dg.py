@@ -144,10 +144,10 @@ def report(args):
             eps_values.append(float(epsilon))
             eps_means.append(np.mean(values))
             eps_stds.append(np.std(values))
-    baseline = [r["final"]["team_return"] for r in (load(f"td3bc_full_s{s}") for s in SEEDS[:3]) if r]
+    baseline = [r["final"]["team_return"] for r in (load(f"td3bc_full_s{s}") for s in SEEDS) if r]
     axes[2].errorbar(eps_values, eps_means, yerr=eps_stds, marker="o", capsize=4, label="MATD3+BC")
     if baseline:
-        axes[2].axhline(np.mean(baseline), color="gray", linestyle="--", label="TD3+BC")
+        axes[2].axhline(np.mean(baseline), color="gray", linestyle="--", label=f"TD3+BC ({len(baseline)} seeds)")
     axes[2].set(title="DG full observation: optimism level", xlabel="epsilon", ylabel="final team return")
     axes[2].legend()
     fig.tight_layout()
