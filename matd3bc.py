@@ -64,8 +64,8 @@ class Args:
     """comma-separated agents to train, e.g. `0`; only their dataset files are read (None: all)"""
     checkpoints: tuple[str, ...] = ()
     """evaluate a team assembled from these per-agent checkpoints (one per agent, in order) and exit"""
-    total_steps: int = 100_000
-    """gradient steps per agent"""
+    total_steps: int = 30_000
+    """gradient steps per agent (30k: the DG full-observation runs of docs/matd3bc.md; partial used 100k)"""
     eval_freq: int = 5_000
     """evaluate the team every this many steps"""
     eval_episodes: int = 100
