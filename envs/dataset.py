@@ -173,13 +173,15 @@ def load(
     for key, want in (("env_id", env_id), ("env_kwargs", env_kwargs), ("recipe", recipe)):
         if meta.get(key) != want:
             raise InputError(f"{path} was built for {key}={meta.get(key)}, not the requested {want}; delete it and {fix}")
-    for package, version in _versions(envs.env_module(env_id)).items():
-        if package in getattr(envs.env_module(env_id), "PINNED_PACKAGES", ()) and meta["versions"].get(package) != version:
+    module = envs.env_module(env_id)
+    versions = _versions(module)
+    for package in getattr(module, "PINNED_PACKAGES", ()):
+        if meta["versions"].get(package) != versions[package]:
             raise InputError(
-                f"{path} was built with {package} {meta['versions'].get(package)}, this machine has {version} "
+                f"{path} was built with {package} {meta['versions'].get(package)}, this machine has {versions[package]} "
                 f"(physics differ between releases); delete it and {fix}"
             )
-    current = _fingerprint(envs.env_module(env_id), recipe)
+    current = _fingerprint(module, recipe)
     if current is not None and meta.get("fingerprint") != current:
         raise InputError(f"{path} was built from other behaviour policies than the ones now on disk; delete it and {fix}")
     agent_ids = list(range(env.n_agents)) if agent_ids is None else agent_ids
