@@ -7,7 +7,7 @@ Each env module exposes `ENV_DEFAULTS` (keyword arguments of the environment),
 `reset(n_envs, rng)` and `step(actions)`, vectorised over a batch of episodes.
 """
 
-from envs import dg, mamujoco, matrix_game
+from envs import dg, mamujoco, matrix_game, smax
 
 
 class InputError(SystemExit):
@@ -24,6 +24,10 @@ REGISTRY = {
     "walker2d-2x3": mamujoco.walker2d_2x3,
     "hopper-3x1": mamujoco.hopper_3x1,
     "ant-2x4": mamujoco.ant_2x4,
+    "smax-3m": smax.smax_3m,
+    "smax-8m": smax.smax_8m,
+    "smax-3s_vs_3z": smax.smax_3s_vs_3z,
+    "smax-3s_vs_4z": smax.smax_3s_vs_4z,
 }
 
 

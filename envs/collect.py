@@ -4,12 +4,14 @@
     python -m envs.collect --env-id dg --obs partial --n-transitions 100000
     python -m envs.collect --env-id matrix-game --payoff "1,5;6,1" --behavior "0.8,0.2;0.4,0.6"
     python -m envs.collect --env-id hopper-3x1      # needs the behaviour actors, see docs/datasets.md
+    python -m envs.collect --env-id smax-3m --quality random   # medium/expert/replay need the MAPPO learner's output
 
 Options left unset take the env's defaults (see `envs/<env>.py`). The algorithm
 scripts build the default recipe themselves when it is missing; this command is for
 building ahead of time or with other recipe options. The folder name is printed.
 """
 
+import json
 from dataclasses import dataclass, fields
 
 import tyro
@@ -39,11 +41,21 @@ class Args:
     """matrix-game: payoff matrix, rows = agent 0's actions, e.g. `1,5;6,1`"""
     behavior: str | None = None
     """matrix-game: one behaviour policy per agent (a row of action probabilities), e.g. `0.8,0.2;0.4,0.6`"""
+    max_steps: int | None = None
+    """smax: steps before an episode times out"""
+    reward_scale: float | None = None
+    """smax: factor on SMAX's team reward (10: a full win returns 20, SMAC's scale)"""
     # recipe options (None = env default)
     n_transitions: int | None = None
     """transitions per agent"""
     n_episodes: int | None = None
-    """matrix-game: plays of the game per agent (two transitions each)"""
+    """matrix-game: plays of the game per agent (two transitions each); smax: episodes per agent"""
+    quality: str | None = None
+    """smax: random, medium, replay or expert (docs/datasets.md)"""
+    uniform_prob: float | None = None
+    """smax medium: probability that an agent acts uniformly at random instead of with the mid-training actor"""
+    replay_dir: str | None = None
+    """smax replay: the learner's recorded transitions (default: runs/<env-id>__mappo__1/replay)"""
     episode_len: int | None = None
     """dg: steps of a dataset episode (ends on a time limit, not a terminal)"""
     seed: int | None = None
@@ -51,7 +63,7 @@ class Args:
     noise_std: float | None = None
     """multi-agent MuJoCo: std of the Gaussian noise on the behaviour actions (Appendix B's "small noise")"""
     behavior_dir: str | None = None
-    """multi-agent MuJoCo: folder holding <env-id>/{early,intermediate,expert}.pt (default: envs/behavior/weights)"""
+    """folder holding the behaviour policies, <env-id>/{early,intermediate,expert}.pt or {medium,expert}.npz (default: envs/behavior/weights)"""
 
 
 def main(args: Args) -> None:
@@ -68,7 +80,11 @@ def main(args: Args) -> None:
         print(f"{path} exists (use --force to rebuild)")
         return
     path = dataset.build(args.env_id, env_kwargs, recipe, args.dataset_dir)
-    print(path)
+    meta = json.loads((path / "meta.json").read_text())
+    for agent_id, summary in enumerate(meta.get("summary") or []):
+        print(f"agent {agent_id}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))
+    print(f"built in {meta['build_seconds']:.0f} s")
+    print(path)  # the last line: the folder, for scripts
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = Non
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     start = time.time()
-    sizes = []
+    sizes, summaries = [], []
     try:
         for agent_id in range(env.n_agents):
             with tqdm(desc=f"{env_id} agent {agent_id}", unit=" transitions", unit_scale=True) as progress:
@@ -72,6 +72,8 @@ def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = Non
             validate(data, env, agent_id, f"{env_id} agent {agent_id} (freshly built)")
             np.savez(tmp / f"agent_{agent_id}.npz", **data)
             sizes.append(len(data["rewards"]))
+            if hasattr(module, "dataset_summary"):  # what users judge a dataset by (returns, win rate, ...)
+                summaries.append(module.dataset_summary(data))
         meta = dict(
             format_version=FORMAT_VERSION,
             env_id=env_id,
@@ -86,6 +88,7 @@ def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = Non
             created=time.strftime("%Y-%m-%dT%H:%M:%S"),
             versions=_versions(module),
             fingerprint=_fingerprint(module, recipe),
+            summary=summaries or None,
         )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if path.exists():

@@ -336,6 +336,22 @@ def collect(env: MultiAgentMuJoCo, agent_id: int, n_transitions: int, seed: int,
     )
 
 
+def dataset_summary(data: dict) -> dict:
+    """Episodes, transitions and mean return (undiscounted, per episode) of the whole dataset and of each
+    mixture part. An episode cut short by its part's transition budget counts with its shorter return."""
+    ends = np.flatnonzero(data["dones"] | data["timeouts"])
+    starts = np.r_[0, ends[:-1] + 1]
+    returns = np.add.reduceat(data["rewards"].astype(np.float64), starts)
+    parts = data["mixture_part"][starts]
+    out = dict(episodes=int(len(ends)), transitions=int(len(data["rewards"])), return_mean=float(returns.mean()),
+               return_std=float(returns.std()), terminated=int(data["dones"].sum()))
+    for part, (_, own, others) in enumerate(MIXTURE):
+        mine = returns[parts == part]
+        out[f"part{part}_{own}_{others}_episodes"] = int(len(mine))
+        out[f"part{part}_{own}_{others}_return_mean"] = float(mine.mean()) if len(mine) else float("nan")
+    return out
+
+
 class Task:
     """One env id behind the interface envs.REGISTRY expects of an env module."""
 
@@ -343,6 +359,7 @@ class Task:
     RECIPE_DEFAULTS = RECIPE_DEFAULTS
     PINNED_PACKAGES = PINNED_PACKAGES
     collect = staticmethod(collect)  # the env object knows its id
+    dataset_summary = staticmethod(dataset_summary)
 
     def __init__(self, env_id: str):
         self.env_id = env_id

@@ -239,6 +239,20 @@ def test_mixture_proportions_and_episode_structure(noisy_hopper):
     assert not np.array_equal(early[0], early[1])  # each agent's own episodes, even where all play alike
 
 
+def test_summary_in_meta_gives_each_parts_mean_return(noisy_hopper):
+    _, (env, data, meta) = noisy_hopper
+    for agent_id, d in data.items():
+        summary = meta["summary"][agent_id]
+        ends = np.flatnonzero(d["dones"] | d["timeouts"])
+        assert summary["episodes"] == len(ends) and summary["transitions"] == 2000
+        for part, name in enumerate(["early_early", "intermediate_expert", "expert_intermediate", "expert_expert"]):
+            rows = np.flatnonzero(d["mixture_part"] == part)
+            part_ends = ends[(ends >= rows[0]) & (ends <= rows[-1])]
+            episode_returns = [d["rewards"][s : e + 1].sum() for s, e in zip(np.r_[rows[0], part_ends[:-1] + 1], part_ends)]
+            assert summary[f"part{part}_{name}_episodes"] == len(part_ends)
+            assert summary[f"part{part}_{name}_return_mean"] == pytest.approx(np.mean(episode_returns), rel=1e-5)
+
+
 def test_own_actions_follow_the_mixture_with_small_noise(noisy_hopper, behavior_dir):
     _, (env, data, _) = noisy_hopper
     actors = mamujoco.load_behavior(env, str(behavior_dir))

@@ -1,0 +1,69 @@
+"""Print the tables of docs/datasets.md from the datasets on disk (their meta.json), not from logs.
+
+    python benchmark/datasets_table.py                       # every dataset under datasets/
+    python benchmark/datasets_table.py --dataset-dir /data   # or ODMARL_DATASET_DIR
+
+SMAX datasets: one row per map x quality (episodes, transitions, win rate, return mean +- std,
+averaged over the agents' files; build time of the whole folder). Multi-agent MuJoCo: one row
+per robot with the mean return of each Appendix-B part and its D4RL-normalised score.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from envs import dataset, mamujoco, smax
+
+
+def smax_rows(metas: list[dict]) -> list[str]:
+    rows = ["| map | quality | episodes / agent | transitions / agent | win rate | return (mean ± std) | build time |",
+            "|---|---|---|---|---|---|---|"]
+    order = {q: i for i, q in enumerate(smax.QUALITIES)}
+    metas = sorted(metas, key=lambda m: (list(smax.MAPS).index(m["env_id"]), order[m["recipe"]["quality"]]))
+    for m in metas:
+        s = m["summary"]
+        mean = lambda k: float(np.mean([a[k] for a in s]))  # noqa: E731
+        rows.append(f"| {smax.MAPS[m['env_id']]} | {m['recipe']['quality']} | {mean('episodes'):.0f} | {mean('transitions'):,.0f} "
+                    f"| {mean('win_rate'):.4f} | {mean('return_mean'):.2f} ± {mean('return_std'):.2f} | {m['build_seconds'] / 60:.1f} min |")
+    return rows
+
+
+def mamujoco_rows(metas: list[dict]) -> list[str]:
+    parts = [f"part{k}_{own}_{others}" for k, (_, own, others) in enumerate(mamujoco.MIXTURE)]
+    rows = ["| env id | episodes / agent | return, whole dataset | early (20%) | own intermediate + others expert (35%) "
+            "| own expert + others intermediate (35%) | all expert (10%) | build time |",
+            "|---|---|---|---|---|---|---|---|"]
+    for m in sorted(metas, key=lambda m: m["env_id"]):
+        s = m["summary"]
+        mean = lambda k: float(np.mean([a[k] for a in s]))  # noqa: E731
+        score = lambda r: mamujoco.normalized_score(m["env_id"], r)  # noqa: E731
+        cells = [f"{mean(p + '_return_mean'):.0f} ({score(mean(p + '_return_mean')):.1f})" for p in parts]
+        rows.append(f"| {m['env_id']} | {mean('episodes'):.0f} | {mean('return_mean'):.0f} ({score(mean('return_mean')):.1f}) | "
+                    + " | ".join(cells) + f" | {m['build_seconds'] / 60:.1f} min |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset-dir", default=dataset.default_dataset_dir())
+    args = parser.parse_args()
+    metas = []
+    for path in sorted(Path(args.dataset_dir).glob("*/meta.json")):
+        meta = json.loads(path.read_text())
+        if meta.get("summary"):
+            metas.append(meta)
+    smax_metas = [m for m in metas if m["env_id"] in smax.MAPS]
+    mujoco_metas = [m for m in metas if m["env_id"] in mamujoco.TASKS]
+    if smax_metas:
+        print("\n".join(smax_rows(smax_metas)), end="\n\n")
+    if mujoco_metas:
+        print("(mean return per episode, D4RL-normalised in brackets)")
+        print("\n".join(mamujoco_rows(mujoco_metas)))
+    if not smax_metas and not mujoco_metas:
+        print(f"no dataset with a summary under {args.dataset_dir}")
+
+
+if __name__ == "__main__":
+    main()
