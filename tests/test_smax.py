@@ -215,3 +215,38 @@ def test_replay_episodes_are_whole_and_spread(env, tmp_path):
     assert data["dones"].sum() + data["timeouts"].sum() == 5
     with pytest.raises(InputError, match="holds 10 whole training episodes of agent 0"):
         smax.replay_episodes(env, 0, 11, tmp_path / "replay")
+
+
+def save_tiny_actor(folder: Path, env, level: str, seed: int) -> None:
+    from envs.behavior.mappo import actor_init, save_actor
+
+    (folder / env.env_id).mkdir(parents=True, exist_ok=True)
+    params = actor_init(jax.random.key(seed), env.obs_dim, env.n_agents, env.n_actions, 16)
+    params = {k: v * 30.0 for k, v in params.items()}  # large logits: a near-deterministic actor that would pick illegal actions if unmasked
+    meta = dict(env_id=env.env_id, obs_dim=env.obs_dim, n_agents=env.n_agents, n_actions=env.n_actions, hidden_dim=16,
+                env_step=0, win_rate=0.0, return_mean=0.0)
+    save_actor(folder / env.env_id / f"{level}.npz", params, meta)
+
+
+@pytest.mark.parametrize("quality", ["medium", "expert"])
+def test_actor_datasets_respect_masks(env, tmp_path, quality):
+    save_tiny_actor(tmp_path / "weights", env, quality, seed=7)
+    recipe = dict(quality=quality, n_episodes=30, behavior_dir=str(tmp_path / "weights"))
+    _, data, meta = dataset.load("smax-3m", recipe=recipe, dataset_dir=str(tmp_path / "data"))
+    assert meta["fingerprint"] is not None
+    for d in data.values():
+        assert smax.dataset_summary(d)["episodes"] == 30
+        assert d["avail_actions"][np.arange(len(d["actions"])), d["actions"]].all()
+    # the actor file changes -> the dataset built from the old one is refused
+    save_tiny_actor(tmp_path / "weights", env, quality, seed=8)
+    with pytest.raises(InputError, match="other behaviour policies"):
+        dataset.load("smax-3m", recipe=recipe, dataset_dir=str(tmp_path / "data"), build_if_missing=False)
+
+
+def test_foreign_actor_is_refused(env, tmp_path):
+    other = envs.make("smax-3s_vs_4z")
+    save_tiny_actor(tmp_path, other, "expert", seed=0)
+    (tmp_path / "smax-3m").mkdir()
+    (tmp_path / "smax-3s_vs_4z" / "expert.npz").rename(tmp_path / "smax-3m" / "expert.npz")
+    with pytest.raises(InputError, match="holds an actor for smax-3s_vs_4z"):
+        smax.collect(env, 0, "expert", 1, 0, 0.2, str(tmp_path), "")
