@@ -87,10 +87,11 @@ from envs import InputError, smax
 
 PRESETS = {
     # env-step budget, an estimate with a margin: short runs here won 0.90 on 3m after 1.3e6 steps, 0.74 on 8m
-    # after 5e5 (still rising), 1.0 on 3s_vs_3z after 4e5; 3s_vs_4z not tried. Replay streams: see the docstring.
+    # after 5e5 (still rising), 1.0 on 3s_vs_3z after 4e5 (so 2e6, recording 63 of the 64 envs to give the replay
+    # enough episodes); 3s_vs_4z not tried. Replay streams: see the docstring.
     "smax-3m": dict(total_timesteps=3_000_000, target_win_rate=0.8, record_envs=15),
     "smax-8m": dict(total_timesteps=5_000_000, target_win_rate=0.8, record_envs=32),
-    "smax-3s_vs_3z": dict(total_timesteps=5_000_000, target_win_rate=0.8, record_envs=30),
+    "smax-3s_vs_3z": dict(total_timesteps=2_000_000, target_win_rate=0.8, record_envs=63),
     "smax-3s_vs_4z": dict(total_timesteps=10_000_000, target_win_rate=0.8, record_envs=18),
 }
 
