@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from envs import mamujoco, smax
+from envs.behavior.sac import PRESETS
 
 
 def wall_clock_minutes(run_dir: Path) -> float | None:
@@ -47,8 +48,10 @@ def sac_rows(weights: Path, runs: Path | None) -> list[str]:
             info = record["levels"].get(level)
             cells.append(f"{info['eval_return']:.0f} ({info['normalized_score']:.1f}) @ {info['step'] // 1000}k" if info else "–")
         steps = record["evaluations"][-1]["step"] if record["evaluations"] else 0
+        budget = record["args"]["total_timesteps"] or PRESETS[env_id]["total_timesteps"]
         minutes = wall_clock_minutes(runs / f"{env_id}__sac__1") if runs else None
-        rows.append(f"| {env_id} | " + " | ".join(cells) + f" | {steps:,} | {f'{minutes:.0f} min' if minutes else ''} |")
+        rows.append(f"| {env_id} | " + " | ".join(cells) + f" | {steps:,}{'' if steps >= budget else f' of {budget:,} (in training)'} "
+                    f"| {f'{minutes:.0f} min' if minutes else ''} |")
     return rows
 
 

@@ -5,7 +5,7 @@
 
 SMAX datasets: one row per map x quality (episodes, transitions, win rate, return mean +- std,
 averaged over the agents' files; build time of the whole folder). Multi-agent MuJoCo: one row
-per robot with the mean return of each Appendix-B part and its D4RL-normalised score.
+per robot and agent with the mean episode return of each Appendix-B part (D4RL-normalised).
 """
 
 import argparse
@@ -32,16 +32,15 @@ def smax_rows(metas: list[dict]) -> list[str]:
 
 def mamujoco_rows(metas: list[dict]) -> list[str]:
     parts = [f"part{k}_{own}_{others}" for k, (_, own, others) in enumerate(mamujoco.MIXTURE)]
-    rows = ["| env id | episodes / agent | return, whole dataset | early (20%) | own intermediate + others expert (35%) "
-            "| own expert + others intermediate (35%) | all expert (10%) | build time |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| env id | agent | episodes | return, whole file | early (20%) | own intermediate + others expert (35%) "
+            "| own expert + others intermediate (35%) | all expert (10%) | build time (all agents) |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for m in sorted(metas, key=lambda m: m["env_id"]):
-        s = m["summary"]
-        mean = lambda k: float(np.mean([a[k] for a in s]))  # noqa: E731
         score = lambda r: mamujoco.normalized_score(m["env_id"], r)  # noqa: E731
-        cells = [f"{mean(p + '_return_mean'):.0f} ({score(mean(p + '_return_mean')):.1f})" for p in parts]
-        rows.append(f"| {m['env_id']} | {mean('episodes'):.0f} | {mean('return_mean'):.0f} ({score(mean('return_mean')):.1f}) | "
-                    + " | ".join(cells) + f" | {m['build_seconds'] / 60:.1f} min |")
+        for agent_id, a in enumerate(m["summary"]):
+            cells = [f"{a[p + '_return_mean']:.0f} ({score(a[p + '_return_mean']):.1f})" for p in parts]
+            rows.append(f"| {m['env_id']} | {agent_id} | {a['episodes']} | {a['return_mean']:.0f} ({score(a['return_mean']):.1f}) | "
+                        + " | ".join(cells) + f" | {m['build_seconds'] / 60:.1f} min |")
     return rows
 
 
