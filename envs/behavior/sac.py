@@ -50,11 +50,11 @@ import envs
 from envs import InputError, mamujoco
 
 PRESETS = {
-    # expert target (evaluation return) and env-step budget; the budgets are estimates, see docs/datasets.md
+    # expert target (evaluation return) and env-step budget: the steps the shipped actors were trained for (docs/datasets.md)
     "halfcheetah-2x3": dict(target_return=6000.0, total_timesteps=500_000),
-    "walker2d-2x3": dict(target_return=3000.0, total_timesteps=1_000_000),
+    "walker2d-2x3": dict(target_return=3000.0, total_timesteps=700_000),
     "hopper-3x1": dict(target_return=2500.0, total_timesteps=500_000),
-    "ant-2x4": dict(target_return=3000.0, total_timesteps=1_000_000),
+    "ant-2x4": dict(target_return=3000.0, total_timesteps=500_000),
 }
 
 
