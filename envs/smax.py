@@ -228,6 +228,31 @@ def evaluate_team(env: Smax, policy, n_episodes: int, seed: int) -> dict:
                 episode_len_mean=float(lengths.mean()), n_episodes=n_episodes)
 
 
+def heuristic_policy(env: Smax, seed: int = 0):
+    """SMAX's built-in heuristic (the enemies' policy) playing our side, as a `policy(obs, avail)` for
+    `evaluate_team`: a reference point, not a behaviour policy. Illegal picks (a dead unit moving) become stop."""
+    import jax
+    import jax.numpy as jnp
+
+    jsmax = jaxmarl_smax()
+    act = jax.jit(jax.vmap(jax.vmap(jsmax.heuristic_enemy.create_heuristic_policy(env.jax_env._env, 0, shoot=True, attack_mode="closest"))))
+    init = jsmax.heuristic_enemy.get_heuristic_policy_initial_state()
+    memory = {"key": jax.random.key(seed), "state": None}
+
+    def policy(obs, avail):
+        obs = jnp.asarray(np.stack(obs, 1))  # [episodes, agents, obs_dim]
+        if memory["state"] is None or jax.tree.leaves(memory["state"])[0].shape[:2] != obs.shape[:2]:
+            memory["state"] = jax.tree.map(lambda x: jnp.broadcast_to(x, obs.shape[:2] + jnp.shape(x)), init)
+        memory["key"], key = jax.random.split(memory["key"])
+        actions, memory["state"] = act(jax.random.split(key, obs.shape[:2]), memory["state"], obs)
+        actions = np.asarray(actions)
+        legal = np.take_along_axis(np.stack(avail, 1), actions[..., None], -1)[..., 0]
+        actions = np.where(legal, actions, STOP)
+        return [actions[:, i] for i in range(actions.shape[1])]
+
+    return policy
+
+
 # ---- datasets ----
 def _uniform_actions(key, avail):
     """A uniformly random legal action per agent: avail [..., A] bool -> [...] int32."""

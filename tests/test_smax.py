@@ -28,28 +28,6 @@ def uniform_policy(rng):
     return policy
 
 
-def heuristic_policy(env, seed):
-    """SMAX's own heuristic playing our side: wins about half the mirror matches of 3m."""
-    jsmax = smax.jaxmarl_smax()
-    act = jsmax.heuristic_enemy.create_heuristic_policy(env.jax_env._env, 0, shoot=True, attack_mode="closest")
-    act = jax.jit(jax.vmap(jax.vmap(act)))
-    init = jsmax.heuristic_enemy.get_heuristic_policy_initial_state()
-    holder = {"key": jax.random.key(seed), "state": None}
-
-    def policy(obs, avail):
-        obs = np.stack(obs, 1)
-        if holder["state"] is None or len(jax.tree.leaves(holder["state"])[0]) != len(obs):
-            holder["state"] = jax.tree.map(lambda x: jnp.broadcast_to(x, obs.shape[:2] + jnp.shape(x)), init)
-        holder["key"], key = jax.random.split(holder["key"])
-        actions, holder["state"] = act(jax.random.split(key, obs.shape[:2]), holder["state"], jnp.asarray(obs))
-        actions = np.asarray(actions)
-        legal = np.take_along_axis(np.stack(avail, 1), actions[..., None], -1)[..., 0]
-        actions = np.where(legal, actions, STOP)  # the heuristic may pick a move for a dead unit
-        return [actions[:, i] for i in range(actions.shape[1])]
-
-    return policy
-
-
 def test_registry_and_shapes(env):
     assert {"smax-3m", "smax-8m", "smax-3s_vs_3z", "smax-3s_vs_4z"} <= set(envs.REGISTRY)
     assert (env.n_agents, env.obs_dim, env.n_actions, env.state_dim) == (3, 75, 8, 72)
@@ -108,10 +86,10 @@ def test_illegal_action_is_refused(env):
 
 def test_reward_scale_a_win_returns_20(env):
     """Damage shares sum to 1 over a won episode, plus the win bonus 1, times 10."""
-    result = smax.evaluate_team(env, heuristic_policy(env, 0), 64, seed=0)
+    result = smax.evaluate_team(env, smax.heuristic_policy(env, 0), 64, seed=0)
     returns = np.zeros(64)
     env.reset(64, np.random.default_rng(0))  # the same episodes again, to see each return
-    policy = heuristic_policy(env, 0)
+    policy = smax.heuristic_policy(env, 0)
     obs = env._agent_obs()
     for _ in range(env.max_steps):
         obs, reward, _ = env.step(policy(obs, env.avail_actions()))
