@@ -182,7 +182,7 @@ def load(
         if meta["versions"].get(package) != versions[package]:
             raise InputError(
                 f"{path} was built with {package} {meta['versions'].get(package)}, this machine has {versions[package]} "
-                f"(physics differ between releases); delete it and {fix}"
+                f"(simulations differ between releases); delete it and {fix}"
             )
     current = _fingerprint(module, recipe)
     if current is not None and meta.get("fingerprint") != current:

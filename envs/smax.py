@@ -230,7 +230,8 @@ def evaluate_team(env: Smax, policy, n_episodes: int, seed: int) -> dict:
 
 def heuristic_policy(env: Smax, seed: int = 0):
     """SMAX's built-in heuristic (the enemies' policy) playing our side, as a `policy(obs, avail)` for
-    `evaluate_team`: a reference point, not a behaviour policy. Illegal picks (a dead unit moving) become stop."""
+    `evaluate_team`: a reference point, not a behaviour policy. Illegal picks (a dead unit moving) become stop.
+    The heuristic remembers its targets across calls: make a fresh one for each evaluation."""
     import jax
     import jax.numpy as jnp
 
@@ -309,14 +310,14 @@ def _episode_fn(env: Smax, quality: str, uniform_prob: float):
             obs, avail, world_state, state, over, key = carry
             key, act_key, step_key = jax.random.split(key, 3)
             actions = policy(params, act_key, obs, avail)
-            n_obs, n_avail, n_world_state, n_state, reward, terminated, timeout, won = env.jax_step(step_key, state, actions)
+            n_obs, n_avail, n_world_state, n_state, reward, terminated, timeout, won = env._frozen_step(
+                step_key, state, actions, obs, avail, world_state, over)
             record = dict(
                 obs=obs[agent_id], actions=actions[agent_id], avail_actions=avail[agent_id], rewards=reward,
                 next_obs=n_obs[agent_id], next_avail_actions=n_avail[agent_id], states=world_state,
                 dones=terminated, timeouts=timeout, won=won, valid=~over,
             )
-            carry = jax.tree.map(lambda old, new: jnp.where(over, old, new), (obs, avail, world_state, state), (n_obs, n_avail, n_world_state, n_state))
-            return (*carry, over | terminated | timeout, key), record
+            return (n_obs, n_avail, n_world_state, n_state, over | terminated | timeout, key), record
 
         _, record = jax.lax.scan(step, (obs, avail, world_state, state, jnp.bool_(False), key), None, length=env.max_steps)
         return record
