@@ -12,13 +12,26 @@ learners. Agents with fewer actions than others have their extra actions masked 
     python mabcq_discrete.py --env-id matrix-game --tn-estimator count   # MABCQ, Table 4
     python mabcq_discrete.py --env-id matrix-game --no-tn                # BCQ w/ lambda_vd, Table 3
     python mabcq_discrete.py --env-id matrix-game --no-vd --no-tn        # BCQ, Table 2
+    python mabcq_discrete.py --env-id smax-3m --quality medium           # MABCQ on SMAC (SMAX), Table 8
+    python mabcq_discrete.py --resume runs/<run_name>                    # continue a killed run
+
+Sections: Args -> the algorithm (networks, lambda weights, losses) -> evaluation -> data
+plumbing -> the run contract (docs/results.md, the same in every script) -> main.
 """
 
+import atexit
+import contextlib
 import json
 import os
+import platform
 import random
+import signal
+import subprocess
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from importlib import metadata
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -32,6 +45,7 @@ from tqdm import tqdm
 import envs
 from envs import InputError
 from envs import dataset as datasets
+from envs import matrix_game
 
 
 @dataclass
@@ -43,7 +57,7 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
-    """if toggled, train on CUDA when it is available"""
+    """if toggled, train on CUDA (refused when torch sees no CUDA device)"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "offline-decentralized-marl"
@@ -52,6 +66,14 @@ class Args:
     """the entity (team) of wandb's project"""
     save_model: bool = False
     """whether to save one checkpoint per agent into `runs/{run_name}`"""
+    run_name: str | None = None
+    """the run folder under runs/ (None: `{env_id}__{exp_name}{variant}__{seed}__{time}`; may contain `/`)"""
+    resume: str | None = None
+    """continue the run in this folder (e.g. `runs/<run_name>`) from its checkpoint, with its flags"""
+    checkpoint_freq: int = 0
+    """write the training state every this many steps (0: at every evaluation)"""
+    threads: int = 0
+    """torch threads (0: share the cores with the other runs on this machine, see docs/results.md)"""
 
     # Algorithm specific arguments
     env_id: str = "matrix-game"
@@ -61,7 +83,9 @@ class Args:
     behavior: str | None = None
     """matrix-game only: behaviour policies, one row per agent (None: `0.8,0.2;0.4,0.6`)"""
     n_episodes: int | None = None
-    """episodes per agent in the dataset (None: the env's recipe default, 1e5 for matrix-game)"""
+    """episodes per agent in the dataset (None: the env's recipe default, 1e5 for matrix-game, 1e4 for smax)"""
+    quality: str | None = None
+    """smax only: the dataset, random, medium, replay or expert (None: expert, the env's default)"""
     dataset_dir: str = datasets.default_dataset_dir()
     """root folder of the datasets (built there if absent; env var ODMARL_DATASET_DIR)"""
     agent_ids: str | None = None
@@ -72,7 +96,7 @@ class Args:
     """gradient steps per agent"""
     eval_freq: int = 5_000
     """evaluate the team every this many steps"""
-    eval_episodes: int = 10
+    eval_episodes: int = 32
     """evaluation episodes per evaluation (run side by side)"""
     batch_size: int = 100
     """the batch size of each agent"""
@@ -106,8 +130,36 @@ class Args:
     """the latent size of both VAEs (the paper's "VAE hidden space")"""
 
 
+def check_args(args: Args) -> None:
+    """Every flag's range, before anything is read or written."""
+    if not 0 <= args.epsilon <= 1:
+        raise InputError(f"--epsilon must lie in [0, 1] (lambda_vd is clipped to [1 - eps, 1 + eps]), got {args.epsilon}")
+    if not 0 <= args.threshold < 1:
+        raise InputError(f"--threshold must lie in [0, 1) (the greedy action must pass its own filter), got {args.threshold}")
+    if not 0 < args.tau <= 1:
+        raise InputError(f"--tau must lie in (0, 1], got {args.tau}")
+    if not 0 < args.gamma < 1:
+        raise InputError(f"--gamma must lie in (0, 1), got {args.gamma}")
+    for name in ("total_steps", "vae_steps", "checkpoint_freq", "threads"):
+        if getattr(args, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("eval_freq", "eval_episodes", "batch_size", "vae_batch_size", "hidden_dim", "target_update_freq",
+                 "vae_latent_dim", "learning_rate", "vae_learning_rate"):
+        if getattr(args, name) <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+
+
+def algorithm(args: Args) -> tuple[str, str]:
+    """The paper's name of what the flags make (results.json `algorithm`) and the run-name variant."""
+    variant = "".join(f"-{flag}" for flag in ("no_vd", "no_tn") if getattr(args, flag))
+    weights = [w for w, off in (("lambda_vd", args.no_vd), ("lambda_tn", args.no_tn)) if not off]
+    name = "MABCQ" if len(weights) == 2 else "BCQ" + (f" w/ {weights[0]}" if weights else "")
+    return name, variant
+
+
 # per-env defaults of flags left unset: on the matrix game agent 0's a2 has behaviour probability
-# 0.2 = 0.25 x 0.8, so the paper's SMAC threshold 0.6 would forbid the optimal joint action (a2, a1)
+# 0.2 = 0.25 x 0.8, so the paper's SMAC threshold 0.6 (Table 12, the default) would forbid the optimal
+# joint action (a2, a1). On SMAC the paper uses epsilon 0.99, the default.
 PRESETS = {"matrix-game": dict(threshold=0.1)}
 DEFAULT_THRESHOLD = 0.6
 IMITATION_LOGIT_PENALTY = 1e-2  # discrete BCQ's 1e-2 * logits^2 on the classifier
@@ -289,6 +341,90 @@ def fit_lambda_tn(data, args, generators, device, progress=True):
     return lambda_tn, logs
 
 
+# ALGO LOGIC: evaluation of the team, and the paper's Tables 2-4 on the matrix game
+@torch.no_grad()
+def evaluate(env, qnet, threshold, n_episodes, gamma, seed, device):
+    """Run the team's greedy policies (argmax of Q over the actions passing the filter and the mask).
+
+    Returns the team return (undiscounted, first `eval_episode_len` steps) and the extrapolation
+    error |(1/N) sum_i Q_i(o_i, a_i) - G| at the start states, G the discounted Monte-Carlo return."""
+    rng = np.random.default_rng(seed)
+    obs = env.reset(n_episodes, rng)
+    n_actions = qnet.net.layers[-1].weight.shape[-1]
+    team_return, discounted_return = np.zeros(n_episodes), np.zeros(n_episodes)
+    alive = np.ones(n_episodes, dtype=bool)
+    for t in range(env.eval_episode_len):
+        o = torch.as_tensor(np.stack(obs), device=device)  # [n_agents, episodes, obs_dim]
+        avail = torch.as_tensor(pad_masks(env.avail_actions(), n_actions), device=device)
+        q, logits = qnet(o)
+        act = greedy_action(q, allowed_actions(logits, avail, threshold))
+        if t == 0:
+            q_start = take(q, act).mean(0).cpu().numpy()
+            start_actions = act[:, 0].tolist()  # the joint action at the first start state
+        obs, reward, terminated = env.step(list(act.cpu().numpy()))
+        team_return += alive * reward
+        discounted_return += alive * gamma**t * reward
+        alive &= ~terminated
+        if not alive.any():
+            break
+    out = dict(
+        team_return=float(team_return.mean()),
+        team_return_std=float(team_return.std()),
+        extrapolation_error=float(np.abs(q_start - discounted_return).mean()),
+        q_start=float(q_start.mean()),
+        mc_return=float(discounted_return.mean()),
+        start_actions=start_actions,
+    )
+    if hasattr(env, "won"):  # SMAX: every enemy dead while an ally lives
+        out["win_rate"] = float(env.won.mean())
+    return out
+
+
+@torch.no_grad()
+def value_difference(qnet, threshold, agent_obs):
+    """max_i V_i(s) - min_i V_i(s), averaged over states, V_i(s) = max over the allowed actions of Q_i(o_i, .)
+    (Table 6). Every action counts as available: the states come without masks."""
+    q, logits = qnet(agent_obs)
+    values = q.masked_fill(~allowed_actions(logits, torch.ones_like(q, dtype=torch.bool), threshold), -torch.inf).max(-1).values
+    return float((values.max(0).values - values.min(0).values).mean())
+
+
+@torch.no_grad()
+def matrix_game_tables(env, agent_data, agent_ids, lambda_tn, qnet, qnet_target, threshold, args, device):
+    """Tables 2-4 of the paper from the learned networks: per agent and own action a, the dataset's
+    P(outcome | start, a) and lambda_tn (envs/matrix_game.py), lambda_vd from the final target networks, the
+    modified P^ ~ P lambda_tn lambda_vd, the expected return sum_s' P^(s') V'(s') and the network's own
+    estimate Q_i(start, a) / gamma (what the greedy policy compares); next to the closed-form fixed
+    point of the same formulas on the same data (outcome values = payoffs)."""
+    n_actions = qnet.net.layers[-1].weight.shape[-1]
+    tables = []
+    for e, i in enumerate(agent_ids):
+        table = matrix_game.dataset_table(env, agent_data[i], i, lambda_tn[e, : len(agent_data[i]["rewards"])].cpu().numpy())
+        n_own, n_other = table["counts"].shape
+        rep = lambda x: torch.as_tensor(x, device=device).expand(len(agent_ids), *x.shape)  # noqa: E731, every member sees it
+        obs, actions, next_obs = matrix_game.start_transitions(env, i)
+        next_avail = rep(pad_masks([np.ones((len(obs), env.act_dims[i]), bool)], n_actions)[0])
+        next_value, q_sa = (x[e] for x in targets(qnet, qnet_target, rep(obs), rep(actions), rep(next_obs), next_avail, threshold[e]))
+        vd = torch.ones_like(next_value) if args.no_vd else value_deviation(
+            next_value, q_sa, torch.zeros_like(q_sa), torch.zeros_like(q_sa, dtype=torch.bool), args.gamma, args.epsilon)
+        vd = vd.cpu().numpy().reshape(n_own, n_other)
+        weights = table["p_data"] * table["lambda_tn"] * vd
+        p_mod = weights / np.maximum(weights.sum(1, keepdims=True), 1e-12)
+        next_value = next_value.cpu().numpy().reshape(n_own, n_other)
+        q_start = qnet.q(rep(obs[:1]))[e, 0, :n_own].cpu().numpy()
+        p_closed, e_closed = matrix_game.closed_form(table["p_data"], table["payoff"], table["lambda_tn"], not args.no_vd, args.epsilon)
+        tables.append(dict(
+            agent_id=i, payoff=table["payoff"].tolist(), counts=table["counts"].astype(int).tolist(),
+            p_dataset=table["p_data"].tolist(), lambda_tn=table["lambda_tn"].tolist(), lambda_vd=vd.tolist(),
+            p_modified=p_mod.tolist(), p_closed_form=p_closed.tolist(), next_value=next_value.tolist(),
+            expected_return=(p_mod * next_value).sum(1).tolist(), expected_return_closed_form=e_closed.tolist(),
+            q_over_gamma=(q_start / args.gamma).tolist(), lambda_tn_step2=table["lambda_tn_step2"],
+        ))
+    return tables
+
+
+
+
 # TRY NOT TO MODIFY: per-agent data on the device, sampled with each agent's own stream
 RNG_CHUNK = 1000
 
@@ -337,157 +473,283 @@ def load_agent_state(module, index, n_agents, state):
             v[index::n_agents] = state[k]
 
 
-@torch.no_grad()
-def evaluate(env, qnet, threshold, n_episodes, gamma, seed, device):
-    """Run the team's greedy policies (argmax of Q over the actions passing the filter and the mask).
-
-    Returns the team return (undiscounted, first `eval_episode_len` steps) and the extrapolation
-    error |(1/N) sum_i Q_i(o_i, a_i) - G| at the start states, G the discounted Monte-Carlo return."""
-    rng = np.random.default_rng(seed)
-    obs = env.reset(n_episodes, rng)
-    n_actions = qnet.net.layers[-1].weight.shape[-1]
-    team_return, discounted_return = np.zeros(n_episodes), np.zeros(n_episodes)
-    alive = np.ones(n_episodes, dtype=bool)
-    for t in range(env.eval_episode_len):
-        o = torch.as_tensor(np.stack(obs), device=device)  # [n_agents, episodes, obs_dim]
-        avail = torch.as_tensor(pad_masks(env.avail_actions(), n_actions), device=device)
-        q, logits = qnet(o)
-        act = greedy_action(q, allowed_actions(logits, avail, threshold))
-        if t == 0:
-            q_start = take(q, act).mean(0).cpu().numpy()
-            start_actions = act[:, 0].tolist()  # the joint action at the first start state
-        obs, reward, terminated = env.step(list(act.cpu().numpy()))
-        team_return += alive * reward
-        discounted_return += alive * gamma**t * reward
-        alive &= ~terminated
-        if not alive.any():
-            break
-    return dict(
-        team_return=float(team_return.mean()),
-        team_return_std=float(team_return.std()),
-        extrapolation_error=float(np.abs(q_start - discounted_return).mean()),
-        q_start=float(q_start.mean()),
-        mc_return=float(discounted_return.mean()),
-        start_actions=start_actions,
-    )
+# TRY NOT TO MODIFY: the run contract of docs/results.md, word for word the same in every script
+SCRIPT = Path(__file__).stem
+SCHEMA_VERSION = 1
+CHECKPOINT_FORMAT = "odmarl-train-state-1"
+AGENT_FORMAT = "odmarl-agent-1"
+# what a --resume may change: none of these changes what is learned
+RESUMABLE_CHANGES = ("resume", "total_steps", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "cuda",
+                     "track", "wandb_project_name", "wandb_entity", "save_model")
 
 
-def closed_form(p_data, payoff, lambda_tn, use_vd, epsilon, iterations=1000):
-    """Fixed point of the weighted Bellman update at the start state, per own action (rows):
-    P^(s') ~ P(s') lambda_tn(s') lambda_vd(s'), lambda_vd = clip(1 + (R(s') - E) / |E|), E = sum P^ R,
-    with the outcome states' values equal to their payoffs R. Returns (P^, E)."""
-    weights = p_data * lambda_tn
-    p_hat = weights / np.maximum(weights.sum(-1, keepdims=True), 1e-12)  # an action never taken: all zeros
-    expected = (p_hat * payoff).sum(-1)
-    for _ in range(iterations if use_vd else 0):
-        lambda_vd = np.clip(1 + (payoff - expected[:, None]) / (np.abs(expected[:, None]) + 1e-6), 1 - epsilon, 1 + epsilon)
-        p_hat = weights * lambda_vd / np.maximum((weights * lambda_vd).sum(-1, keepdims=True), 1e-12)
-        expected = (p_hat * payoff).sum(-1)
-    return p_hat, expected
+def parse_args():
+    """The flags; with `--resume runs/NAME` the run's saved flags are the defaults, and a change to any
+    flag outside RESUMABLE_CHANGES is refused (it would make the resumed run another experiment)."""
+    args = tyro.cli(Args)
+    if args.resume is None:
+        return args
+    try:
+        saved = json.loads((Path(args.resume) / "results.json").read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"--resume {args.resume}: no readable results.json there ({e}); pass a run folder such as runs/<run_name>") from None
+    if saved.get("script") != SCRIPT:
+        raise InputError(f"--resume {args.resume}: that run is of {saved.get('script')}.py, not {SCRIPT}.py")
+    names = {f.name for f in fields(Args)}
+    defaults = replace(Args(), **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["args"].items() if k in names})
+    args = tyro.cli(Args, default=replace(defaults, resume=args.resume))
+    changed = [k for k in names if k not in RESUMABLE_CHANGES and getattr(args, k) != getattr(defaults, k)]
+    if changed:
+        flag = changed[0].replace("_", "-")
+        raise InputError(f"--resume: --{flag} {getattr(args, changed[0])} differs from the run's {getattr(defaults, changed[0])}; "
+                         f"drop --{flag} to resume, or start a new run")
+    return args
 
 
-@torch.no_grad()
-def matrix_game_tables(env, agent_data, agent_ids, lambda_tn, qnet, qnet_target, threshold, args, device):
-    """Tables 2-4 of the paper from the learned networks: per agent and own action a, the dataset's
-    P(outcome | start, a), the weights lambda_tn (in use) and lambda_vd (final target networks), the
-    modified P^ ~ P lambda_tn lambda_vd, the expected return sum_s' P^(s') V'(s') and the network's own
-    estimate Q_i(start, a) / gamma (what the greedy policy compares); next to the closed-form fixed
-    point of the same formulas on the same data (outcome values = payoffs)."""
-    n, m = env.act_dims
-    n_actions = qnet.net.layers[-1].weight.shape[-1]
-    tables = []
-    for e, i in enumerate(agent_ids):
-        n_own, n_other = env.act_dims[i], env.act_dims[1 - i]
-        payoff = env.payoff if i == 0 else env.payoff.T  # [own, other]
-        d = agent_data[i]
-        first = d["obs"][:, 0] == 1
-        own, outcome = d["actions"][first], d["next_obs"][first, 1:].argmax(1)
-        other = outcome % m if i == 0 else outcome // m
-        counts, tn_sum = np.zeros((n_own, n_other)), np.zeros((n_own, n_other))
-        np.add.at(counts, (own, other), 1)
-        agent_tn = lambda_tn[e, : len(d["rewards"])].cpu().numpy()
-        np.add.at(tn_sum, (own, other), agent_tn[first])
-        p_data = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-        tn = np.where(counts > 0, tn_sum / np.maximum(counts, 1), 1.0)  # constant per type anyway
-        # every (own, other) pair as a start-state transition, seen by every ensemble member
-        a, b = np.meshgrid(np.arange(n_own), np.arange(n_other), indexing="ij")
-        joint = (a, b) if i == 0 else (b, a)
-        obs = np.zeros((a.size, env.state_dim), np.float32)
-        obs[:, 0] = 1
-        next_obs = np.zeros_like(obs)
-        next_obs[np.arange(a.size), env.outcome_index(joint[0].ravel(), joint[1].ravel())] = 1
-        rep = lambda x: torch.as_tensor(x, device=device).expand(len(agent_ids), *x.shape)  # noqa: E731
-        next_avail = rep(pad_masks([np.ones((a.size, env.act_dims[i]), bool)], n_actions)[0])
-        actions = rep(a.ravel().astype(np.int64))
-        next_value, q_sa = (x[e] for x in targets(qnet, qnet_target, rep(obs), actions, rep(next_obs), next_avail, threshold[e]))
-        vd = torch.ones_like(next_value) if args.no_vd else value_deviation(
-            next_value, q_sa, torch.zeros_like(q_sa), torch.zeros_like(q_sa, dtype=torch.bool), args.gamma, args.epsilon)
-        vd = vd.cpu().numpy().reshape(n_own, n_other)
-        weights = p_data * tn * vd
-        p_mod = weights / np.maximum(weights.sum(1, keepdims=True), 1e-12)
-        next_value = next_value.cpu().numpy().reshape(n_own, n_other)
-        q_start = qnet.q(rep(obs[:1]))[e, 0, :n_own].cpu().numpy()
-        p_closed, e_closed = closed_form(p_data, payoff, tn, not args.no_vd, args.epsilon)
-        tables.append(dict(
-            agent_id=i, payoff=payoff.tolist(), counts=counts.astype(int).tolist(), p_dataset=p_data.tolist(),
-            lambda_tn=tn.tolist(), lambda_vd=vd.tolist(), p_modified=p_mod.tolist(), p_closed_form=p_closed.tolist(),
-            next_value=next_value.tolist(), expected_return=(p_mod * next_value).sum(1).tolist(),
-            expected_return_closed_form=e_closed.tolist(), q_over_gamma=(q_start / args.gamma).tolist(),
-            lambda_tn_step2=[float(f(agent_tn[~first])) for f in (np.mean, np.min, np.max)],  # outcome -> end: exact 1
-        ))
-    return tables
+def parse_agent_ids(text: str | None, n_agents: int) -> list[int]:
+    if text is None:
+        return list(range(n_agents))
+    try:
+        agent_ids = [int(i) for i in text.split(",")]
+    except ValueError:
+        raise InputError(f"--agent-ids takes comma-separated integers like `0,1`, got {text!r}") from None
+    if len(set(agent_ids)) != len(agent_ids) or not all(0 <= i < n_agents for i in agent_ids):
+        raise InputError(f"--agent-ids must be distinct ids in 0..{n_agents - 1}, got {text!r}")
+    return agent_ids
 
 
-def print_tables(tables, args):
-    weights = "no weights (BCQ)" if args.no_vd and args.no_tn else " * ".join(
-        w for w, off in (("lambda_vd", args.no_vd), (f"lambda_tn ({args.tn_estimator})", args.no_tn)) if not off)
-    for t in tables:
-        print(f"agent {t['agent_id']} (the paper's agent {t['agent_id'] + 1}), {weights}; closed form in brackets")
-        print(f"  {'own':<4}{'other':<6}{'payoff':>6}{'P data':>8}{'lambda_tn':>10}{'lambda_vd':>10}{'P modified':>17}"
-              f"{'V(next)':>8}{'expected return':>18}{'Q(s,a)/gamma':>14}")
-        for a, row in enumerate(t["p_dataset"]):
-            for b, p in enumerate(row):
-                line = (f"  {f'a{a + 1}' if b == 0 else '':<4}{f'a{b + 1}':<6}{t['payoff'][a][b]:>6g}{p:>8.3f}{t['lambda_tn'][a][b]:>10.3f}"
-                        f"{t['lambda_vd'][a][b]:>10.3f}{t['p_modified'][a][b]:>9.3f} ({t['p_closed_form'][a][b]:.3f}){t['next_value'][a][b]:>8.3f}")
-                if b == 0:
-                    line += f"{t['expected_return'][a]:>10.3f} ({t['expected_return_closed_form'][a]:.3f}){t['q_over_gamma'][a]:>14.3f}"
-                print(line)
-        print("  lambda_tn of the second-step transitions (outcome -> end): mean {:.3f} min {:.3f} max {:.3f}".format(*t["lambda_tn_step2"]))
+def pick_device(cuda: bool) -> torch.device:
+    if cuda and not torch.cuda.is_available():
+        raise InputError("--cuda: torch sees no CUDA device on this machine; drop --cuda to train on the CPU")
+    return torch.device("cuda" if cuda else "cpu")
 
 
-def write_json(path, obj):
-    tmp = f"{path}.tmp"
+class CoreShare:
+    """`--threads 0` shares the cores with this project's other runs on the machine: each run keeps a pid
+    file in one folder and, at every `update()`, uses max(1, cores // live runs) threads. Two runs that
+    each use both of two cores slow each other down ~6x (docs/contention.md). OMP_NUM_THREADS, when set,
+    caps the cores. `--threads N` fixes N. The results do not depend on the thread count (tested)."""
+
+    FOLDER = Path(tempfile.gettempdir()) / "odmarl-runs"
+
+    def __init__(self, threads: int):
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        self.threads, self.cores = threads, min(len(affinity), int(os.environ.get("OMP_NUM_THREADS") or 1 << 16))
+        if threads == 0:
+            self.FOLDER.mkdir(exist_ok=True)
+            pid_file = self.FOLDER / str(os.getpid())
+            pid_file.touch()
+            atexit.register(pid_file.unlink, missing_ok=True)
+        self.update()
+
+    def update(self) -> int:
+        n = self.threads or max(1, self.cores // max(1, self.live_runs()))
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+        return n
+
+    def live_runs(self) -> int:
+        live = 0
+        for pid_file in self.FOLDER.iterdir():
+            try:
+                os.kill(int(pid_file.name), 0)
+                live += 1
+            except (ValueError, ProcessLookupError):  # not a pid, or a run that died: tidy it away
+                pid_file.unlink(missing_ok=True)
+            except PermissionError:  # another user's live run
+                live += 1
+        return live
+
+
+def write_json(path, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
 
 
+def save_torch(path, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_torch(path, what: str) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a missing, truncated or foreign file: torch raises many kinds
+        raise InputError(f"cannot load {what} {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return obj if isinstance(obj, dict) else {}
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "") if commit else None
+
+
+def package_versions(env_id: str) -> dict:
+    out = {"python": platform.python_version()}
+    for package in ("torch", "numpy", *getattr(envs.env_module(env_id), "PINNED_PACKAGES", ())):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def start_run(args, algorithm: str, variant: str, meta: dict, agent_ids: list[int], device) -> tuple[Path, dict, dict | None]:
+    """The run folder, its results.json (status running) and, with --resume, the training state to go on from."""
+    if args.resume is not None:
+        run_dir = Path(args.resume)
+        results = json.loads((run_dir / "results.json").read_text())
+        state = load_torch(run_dir / "checkpoint.pt", "checkpoint") if (run_dir / "checkpoint.pt").exists() else None
+        if state is not None and (state.get("format"), state.get("script")) != (CHECKPOINT_FORMAT, SCRIPT):
+            raise InputError(f"{run_dir / 'checkpoint.pt'} is not a {SCRIPT}.py training state; start a new run")
+        if state is not None and state["step"] > args.total_steps:
+            raise InputError(f"--total-steps {args.total_steps} is below the {state['step']} steps the run has done")
+        step = state["step"] if state else 0
+        results.update(status="running", error=None, pid=os.getpid(), host=platform.node(), args=asdict(args),
+                       evaluations=state["results"]["evaluations"] if state else [],
+                       seconds=state["results"]["seconds"] if state else 0.0,
+                       final=state["results"]["final"] if state else None,
+                       resumed_at_steps=results.get("resumed_at_steps", []) + [step])
+    else:
+        run_name = args.run_name or f"{args.env_id}__{args.exp_name}{variant}__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+        if (run_dir / "results.json").exists():
+            raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --run-name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = None
+        results = dict(
+            schema_version=SCHEMA_VERSION, status="running", error=None, run_name=run_name, script=SCRIPT,
+            algorithm=algorithm, env_id=args.env_id, env_kwargs=meta["env_kwargs"],
+            dataset=dict(path=meta.get("path"), recipe=meta.get("recipe"), fingerprint=meta.get("content_sha256")),
+            seed=args.seed, agent_ids=agent_ids, args=asdict(args), git_commit=git_commit(),
+            versions=package_versions(args.env_id), device=str(device), threads=args.threads or "auto",
+            host=platform.node(), pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            resumed_at_steps=[], evaluations=[], final=None, seconds=0.0,
+        )
+    write_results(run_dir, results)
+    print(f"results: {run_dir / 'results.json'}")
+    return run_dir, results, state
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(run_dir / "results.json", results)
+
+
+@contextlib.contextmanager
+def recorded(run_dir: Path, results: dict):
+    """results.json says how the block ended: complete, interrupted (Ctrl-C, SIGTERM) or failed (with the error).
+    A SIGKILL leaves "running" with a dead pid; --resume continues from the last checkpoint."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+        write_results(run_dir, results)
+        raise
+    except BaseException as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        write_results(run_dir, results)
+        raise
+    else:
+        results["status"] = "complete"
+        write_results(run_dir, results)
+        print(f"results: {run_dir / 'results.json'}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def load_agent_checkpoints(paths, env_id: str, env_kwargs: dict, n_agents: int) -> list[dict]:
+    """--checkpoints: one file per agent, in agent order, each saved by this script for this env and agent."""
+    if len(paths) != n_agents:
+        raise InputError(f"--checkpoints needs one file per agent ({n_agents} for {env_id}), got {len(paths)}")
+    checkpoints = []
+    for i, path in enumerate(paths):
+        ckpt = load_torch(path, "checkpoint")
+        if (ckpt.get("format"), ckpt.get("script")) != (AGENT_FORMAT, SCRIPT):
+            raise InputError(f"{path} is not an agent checkpoint of {SCRIPT}.py (save one with --save-model)")
+        if (ckpt.get("env_id"), ckpt.get("env_kwargs"), ckpt.get("agent_id")) != (env_id, env_kwargs, i):
+            raise InputError(f"{path} holds agent {ckpt.get('agent_id')} of {ckpt.get('env_id')} {ckpt.get('env_kwargs')}, "
+                             f"expected agent {i} of {env_id} {env_kwargs}")
+        checkpoints.append(ckpt)
+    return checkpoints
+
+
+def save_agent_checkpoints(run_dir: Path, agent_ids: list[int], env_kwargs: dict, args, tensors: list[dict]) -> None:
+    """--save-model: one file per agent, loadable alone (`--checkpoints`)."""
+    for agent_id, agent_tensors in zip(agent_ids, tensors):
+        path = run_dir / f"agent_{agent_id}.pt"
+        save_torch(path, dict(format=AGENT_FORMAT, script=SCRIPT, agent_id=agent_id, env_id=args.env_id,
+                              env_kwargs=env_kwargs, args=asdict(args), **agent_tensors))
+        print(f"saved {path}")
+
+
 if __name__ == "__main__":
-    args = tyro.cli(Args)
+    args = parse_args()
     if args.threshold is None:
         args.threshold = PRESETS.get(args.env_id, {}).get("threshold", DEFAULT_THRESHOLD)
-    if not 0 <= args.epsilon <= 1:
-        raise InputError(f"--epsilon must lie in [0, 1] (lambda_vd is clipped to [1 - eps, 1 + eps]), got {args.epsilon}")
-    if not 0 <= args.threshold < 1:
-        raise InputError(f"--threshold must lie in [0, 1) (the greedy action must pass its own filter), got {args.threshold}")
-    if not 0 < args.tau <= 1:
-        raise InputError(f"--tau must lie in (0, 1], got {args.tau}")
-    for name in ("total_steps", "vae_steps"):
-        if getattr(args, name) < 0:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("eval_freq", "eval_episodes", "batch_size", "vae_batch_size", "hidden_dim", "target_update_freq"):
-        if getattr(args, name) <= 0:
-            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    check_args(args)
+    algorithm_name, variant = algorithm(args)
+    device = pick_device(args.cuda)
     if args.track:
         try:
             import wandb
         except ImportError:
             raise InputError("--track needs wandb: pip install wandb") from None
+
+    # the environment and the agents this process trains
+    env_kwargs = {k: getattr(args, k) for k in ("payoff", "behavior") if getattr(args, k) is not None}
+    env = envs.make(args.env_id, **env_kwargs)
+    if not env.discrete:
+        raise InputError(f"{args.env_id} has continuous actions; use mabcq_continuous.py or matd3bc.py")
+    full_env_kwargs, _ = envs.resolve(args.env_id, env_kwargs)
+    n_agents, obs_dim, n_actions = env.n_agents, env.obs_dims[0], max(env.act_dims)
+    agent_ids = list(range(n_agents)) if args.checkpoints else parse_agent_ids(args.agent_ids, n_agents)
+
+    if args.checkpoints:  # evaluate a team assembled from separately trained agents: their own settings win
+        ckpts = load_agent_checkpoints(args.checkpoints, args.env_id, full_env_kwargs, n_agents)
+        if len({c["args"]["hidden_dim"] for c in ckpts}) > 1:
+            raise InputError("the checkpoints have different --hidden-dim; a team needs one network size")
+        args.hidden_dim = ckpts[0]["args"]["hidden_dim"]
+        qnet = QNetwork(obs_dim, n_actions, args.hidden_dim, agent_generators(args.seed, agent_ids, device), device)
+        threshold = torch.empty((n_agents, 1, 1), device=device)
+        for i, ckpt in enumerate(ckpts):
+            load_agent_state(qnet, i, n_agents, ckpt["qnet"])
+            threshold[i] = ckpt["args"]["threshold"]  # every agent acts with its own filter
+        run_dir, results, _ = start_run(args, "team of checkpoints", "-team", {"env_kwargs": full_env_kwargs}, agent_ids, device)
+        results["checkpoints"] = [dict(path=str(p), algorithm=algorithm(replace(args, no_vd=c["args"]["no_vd"], no_tn=c["args"]["no_tn"]))[0],
+                                       args=c["args"]) for p, c in zip(args.checkpoints, ckpts)]
+        with recorded(run_dir, results):
+            results["final"] = evaluate(env, qnet, threshold, args.eval_episodes, args.gamma, args.seed, device)
+        print(f"team of {n_agents} checkpoints: return {results['final']['team_return']:.2f} ± {results['final']['team_return_std']:.2f}"
+              f", joint action at the first state {results['final']['start_actions']}")
+        raise SystemExit(0)
+
+    # data: agent i reads only its own file
+    recipe = {"n_episodes": args.n_episodes, "quality": args.quality}
+    env, agent_data, meta = datasets.load(args.env_id, env_kwargs, recipe, args.dataset_dir, agent_ids)
+    meta["path"] = str(datasets.dataset_path(args.dataset_dir, args.env_id, meta["env_kwargs"], meta["recipe"]))
+
+    # the run folder: nothing is written before this point
+    run_dir, results, state = start_run(args, algorithm_name, variant, meta, agent_ids, device)
+    if args.track:
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
-    writer = SummaryWriter(f"runs/{run_name}")
+                   config=vars(args), name=results["run_name"], save_code=True, resume="allow")
+    writer = SummaryWriter(str(run_dir))
     writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    cores = CoreShare(args.threads)
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -495,165 +757,166 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_flush_denormal(True)  # Adam's second moments decay into denormals, which are ~10x slower on CPU
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
 
-    # data: agent i reads only its own file
-    env_kwargs = {k: getattr(args, k) for k in ("payoff", "behavior") if getattr(args, k) is not None}
-    recipe = {"n_episodes": args.n_episodes}
-    env = envs.make(args.env_id, **env_kwargs)
-    full_env_kwargs, _ = envs.resolve(args.env_id, env_kwargs)
-    if not env.discrete:
-        raise InputError(f"{args.env_id} has continuous actions; use mabcq_continuous.py or matd3bc.py")
-    n_agents, obs_dim, n_actions = env.n_agents, env.obs_dims[0], max(env.act_dims)
-    if args.checkpoints:
-        agent_ids = list(range(n_agents))
-        if len(args.checkpoints) != n_agents:
-            raise InputError(f"--checkpoints needs one file per agent ({n_agents} for {args.env_id}), got {len(args.checkpoints)}")
-    elif args.agent_ids is None:
-        agent_ids = list(range(n_agents))
-    else:
-        try:
-            agent_ids = [int(i) for i in args.agent_ids.split(",")]
-        except ValueError:
-            raise InputError(f"--agent-ids takes comma-separated integers like `0,1`, got {args.agent_ids!r}") from None
-        if len(set(agent_ids)) != len(agent_ids) or not all(0 <= i < n_agents for i in agent_ids):
-            raise InputError(f"--agent-ids must be distinct ids in 0..{n_agents - 1}, got {args.agent_ids!r}")
-    generators = agent_generators(args.seed, agent_ids, device)
-    qnet = QNetwork(obs_dim, n_actions, args.hidden_dim, generators, device)
-    threshold = torch.full((len(agent_ids), 1, 1), args.threshold, device=device)  # per agent
-    results = dict(run_name=run_name, args=asdict(args), agent_ids=agent_ids, evaluations=[])
+    with recorded(run_dir, results):
+        generators = agent_generators(args.seed, agent_ids, device)
+        qnet = QNetwork(obs_dim, n_actions, args.hidden_dim, generators, device)
+        threshold = torch.full((len(agent_ids), 1, 1), args.threshold, device=device)  # per agent
+        data = stack_agent_data([agent_data[i] for i in agent_ids], n_actions, device)
+        analysis_obs = None
+        if len(agent_ids) > 1 and hasattr(env, "observe"):  # states from the union of the agents' data, through each agent's eyes
+            union = np.concatenate([agent_data[i]["states"] for i in agent_ids])
+            union = union[np.random.default_rng(args.seed).choice(len(union), min(10_000, len(union)), replace=False)]
+            analysis_obs = torch.as_tensor(np.stack([env.observe(union)[i] for i in agent_ids]), device=device)
 
-    if args.checkpoints:  # evaluate a team assembled from separately trained agents
-        for i, path in enumerate(args.checkpoints):
-            try:
-                ckpt = torch.load(path, map_location=device)
-            except (OSError, RuntimeError) as e:
-                raise InputError(f"cannot load checkpoint {path} ({e})") from None
-            if (ckpt.get("env_id"), ckpt.get("env_kwargs"), ckpt.get("agent_id")) != (args.env_id, full_env_kwargs, i):
-                raise InputError(
-                    f"{path} holds agent {ckpt.get('agent_id')} of {ckpt.get('env_id')} {ckpt.get('env_kwargs')}, "
-                    f"expected agent {i} of {args.env_id} {full_env_kwargs}"
-                )
-            if ckpt["args"]["hidden_dim"] != args.hidden_dim:
-                raise InputError(f"{path} has --hidden-dim {ckpt['args']['hidden_dim']}; pass the same --hidden-dim")
-            load_agent_state(qnet, i, n_agents, ckpt["qnet"])
-            threshold[i] = ckpt["args"]["threshold"]  # every agent acts with its own filter
-        metrics = evaluate(env, qnet, threshold, args.eval_episodes, args.gamma, args.seed, device)
-        results.update(final=metrics, checkpoints=list(args.checkpoints))
-        write_json(f"runs/{run_name}/results.json", results)
-        print(f"team of {len(args.checkpoints)} checkpoints: return {metrics['team_return']:.2f} ± {metrics['team_return_std']:.2f}"
-              f", joint action at the first state {metrics['start_actions']}")
-        raise SystemExit(0)
+        # ALGO LOGIC: lambda_tn is fixed per transition, computed once before Q-learning
+        if args.no_tn:
+            lambda_tn = torch.ones(data["rewards"].shape, device=device)
+        elif state is not None:
+            lambda_tn = state["lambda_tn"].to(device)
+        elif args.tn_estimator == "count":
+            counted = [count_lambda_tn(agent_data[i]["obs"], agent_data[i]["actions"], agent_data[i]["next_obs"]) for i in agent_ids]
+            lambda_tn = torch.as_tensor(np.stack([np.pad(c, (0, data["rewards"].shape[1] - len(c)), constant_values=1) for c in counted]), device=device)
+        else:
+            lambda_tn, results["vae"] = fit_lambda_tn(data, args, generators, device)
+            for k, v in results["vae"].items():
+                writer.add_scalar(k, v, 0)
+            print(", ".join(f"{k} {v:.3f}" for k, v in results["vae"].items()))
+        for e, i in enumerate(agent_ids):
+            lt = lambda_tn[e, : data["size"][e]]
+            print(f"agent {i}: lambda_tn mean {lt.mean():.3f} min {lt.min():.3f} max {lt.max():.3f}")
 
-    env, agent_data, meta = datasets.load(args.env_id, env_kwargs, recipe, args.dataset_dir, agent_ids)
-    data = stack_agent_data([agent_data[i] for i in agent_ids], n_actions, device)
+        qnet_target = QNetwork(obs_dim, n_actions, args.hidden_dim, generators, device)
+        qnet_target.load_state_dict(qnet.state_dict())
+        optimizer = torch.optim.Adam(qnet.parameters(), lr=args.learning_rate, fused=True)
+        modules, optimizers = dict(qnet=qnet, qnet_target=qnet_target), dict(qnet=optimizer)
+        start_step, chunk, logs, resumed_train_seconds = 0, None, {}, 0.0
+        if state is not None:  # go on exactly where the checkpoint left off
+            for k, m in modules.items():
+                m.load_state_dict(state["modules"][k])
+            for k, o in optimizers.items():
+                o.load_state_dict(state["optimizers"][k])
+            for g, g_state in zip(generators, state["generators"]):
+                g.set_state(g_state)
+            start_step, logs, resumed_train_seconds = state["step"], state["logs"], state["train_seconds"]
+            chunk = {k: v.to(device) for k, v in state["rng_chunk"].items()} if state["rng_chunk"] else None
+            print(f"resumed at step {start_step}")
 
-    # ALGO LOGIC: lambda_tn is fixed per transition, computed once before Q-learning
-    if args.no_tn:
-        lambda_tn = torch.ones(data["rewards"].shape, device=device)
-    elif args.tn_estimator == "count":
-        counted = [count_lambda_tn(agent_data[i]["obs"], agent_data[i]["actions"], agent_data[i]["next_obs"]) for i in agent_ids]
-        lambda_tn = torch.as_tensor(np.stack([np.pad(c, (0, data["rewards"].shape[1] - len(c)), constant_values=1) for c in counted]), device=device)
-    else:
-        lambda_tn, vae_logs = fit_lambda_tn(data, args, generators, device)
-        for k, v in vae_logs.items():
-            writer.add_scalar(k, v, 0)
-        results["vae"] = vae_logs
-        print(", ".join(f"{k} {v:.3f}" for k, v in vae_logs.items()))
-    for e, i in enumerate(agent_ids):
-        lt = lambda_tn[e, : data["size"][e]]
-        print(f"agent {i}: lambda_tn mean {lt.mean():.3f} min {lt.min():.3f} max {lt.max():.3f}")
+        def save_state(step):
+            save_torch(run_dir / "checkpoint.pt", dict(
+                format=CHECKPOINT_FORMAT, script=SCRIPT, step=step, args=asdict(args),
+                modules={k: m.state_dict() for k, m in modules.items()},
+                optimizers={k: o.state_dict() for k, o in optimizers.items()},
+                generators=[g.get_state() for g in generators], lambda_tn=lambda_tn.cpu(), rng_chunk=chunk,
+                logs=logs, train_seconds=train_seconds + time.time() - tick,
+                results={k: results[k] for k in ("evaluations", "final", "seconds")},
+            ))
 
-    qnet_target = QNetwork(obs_dim, n_actions, args.hidden_dim, generators, device)
-    qnet_target.load_state_dict(qnet.state_dict())
-    optimizer = torch.optim.Adam(qnet.parameters(), lr=args.learning_rate, fused=True)
-
-    start_time = time.time()
-    logs = {}
-    progress = tqdm(range(1, args.total_steps + 1), desc="training", unit=" steps")
-    for global_step in progress:
-        # ALGO LOGIC: one discrete BCQ update of every agent, the TD loss weighted by lambda_tn * lambda_vd
-        if (global_step - 1) % RNG_CHUNK == 0:  # one draw per agent for RNG_CHUNK steps: per-step draws cost more
-            idx_chunk = sample_indices(data["size"], (RNG_CHUNK, args.batch_size), generators)
-        idx = idx_chunk[:, (global_step - 1) % RNG_CHUNK]
-        obs, actions, rewards = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["rewards"], idx)
-        next_obs, dones = gather(data["next_obs"], idx), gather(data["dones"], idx)
-        avail, next_avail = gather(data["avail_actions"], idx), gather(data["next_avail_actions"], idx)
-        with torch.no_grad():
-            next_value, q_sa_target = targets(qnet, qnet_target, obs, actions, next_obs, next_avail, threshold)
-            td_target = rewards + args.gamma * torch.where(dones, 0.0, next_value)
-            weight = gather(lambda_tn, idx)
-            if not args.no_vd:
-                lambda_vd = value_deviation(next_value, q_sa_target, rewards, dones, args.gamma, args.epsilon)
-                weight = weight * lambda_vd
-        q, logits = qnet(obs)  # [n_agents, batch, n_actions]
-        q_sa = take(q, actions)
-        q_loss = (weight * (q_sa - td_target) ** 2).mean(-1)  # eq. (1), [n_agents]; squared, not Huber: see the docs
-        # the behaviour classifier pi_b(a|s) over the available actions (unweighted: it models the data)
-        log_pi_b = F.log_softmax(logits.masked_fill(~avail, -torch.inf), -1)
-        imitation_loss = -take(log_pi_b, actions).mean(-1) + IMITATION_LOGIT_PENALTY * logits.pow(2).mean((1, 2))
-        optimizer.zero_grad(set_to_none=True)
-        (q_loss + imitation_loss).sum().backward()  # sum over agents: each agent's gradient is its own loss's
-        optimizer.step()
-        if global_step % args.target_update_freq == 0:
-            soft_update(qnet_target, qnet, args.tau)
-
-        if global_step % 1000 == 0:
-            logs = {
-                "losses/q_loss": q_loss.mean().item(),
-                "losses/imitation_loss": imitation_loss.mean().item(),
-                "losses/q_values": q_sa.mean().item(),
-                "charts/allowed_actions": allowed_actions(logits, avail, threshold).float().sum(-1).mean().item(),
-                "charts/steps_per_second": global_step / (time.time() - start_time),
-            }
-            if not args.no_tn:
-                batch_tn = gather(lambda_tn, idx)
-                logs.update({"weights/lambda_tn_mean": batch_tn.mean().item(), "weights/lambda_tn_min": batch_tn.min().item(),
-                             "weights/lambda_tn_max": batch_tn.max().item()})
-            if not args.no_vd:
-                live = lambda_vd[~dones] if (~dones).any() else lambda_vd  # terminal transitions are 1 by definition
-                logs.update({"weights/lambda_vd_mean": live.mean().item(), "weights/lambda_vd_min": live.min().item(),
-                             "weights/lambda_vd_max": live.max().item(),
-                             "weights/lambda_vd_clipped": ((live - 1).abs() >= args.epsilon - 1e-6).float().mean().item()})
-            for k, v in logs.items():
-                writer.add_scalar(k, v, global_step)
-
-        if global_step % args.eval_freq == 0 or global_step == args.total_steps:
-            evaluation = dict(step=global_step, seconds=round(time.time() - start_time, 1))
+        def evaluate_and_record(step):
+            entry = dict(step=step, seconds=round(results["seconds"] + time.time() - session_start, 1))
+            previous = results["evaluations"][-1] if results["evaluations"] else dict(step=0, train_seconds=0.0)
+            entry["train_seconds"] = previous["train_seconds"] + train_seconds
+            entry["updates_per_second"] = (step - previous["step"]) / max(train_seconds, 1e-9)
+            if analysis_obs is not None:
+                entry["value_difference"] = value_difference(qnet, threshold, analysis_obs)
             if len(agent_ids) == n_agents:
-                evaluation.update(evaluate(env, qnet, threshold, args.eval_episodes, args.gamma, args.seed + global_step, device))
-            evaluation.update({k: v for k, v in logs.items() if k.startswith(("weights/", "losses/"))})
+                entry.update(evaluate(env, qnet, threshold, args.eval_episodes, args.gamma, args.seed + step, device))
+            entry.update({k.split("/")[1]: v for k, v in logs.items() if k.startswith(("weights/", "losses/"))})
             if args.env_id == "matrix-game":
-                evaluation["tables"] = matrix_game_tables(env, agent_data, agent_ids, lambda_tn, qnet, qnet_target, threshold, args, device)
-                values = [max(t["q_over_gamma"]) * args.gamma for t in evaluation["tables"]]  # V_i(start)
-                evaluation["start_value_difference"] = max(values) - min(values)  # Proposition 1: consensus on V
-            for k, v in evaluation.items():
-                if isinstance(v, float) and k != "seconds" and "/" not in k:
-                    writer.add_scalar(f"eval/{k}", v, global_step)
-            results["evaluations"].append(evaluation)
-            results["final"] = evaluation
-            write_json(f"runs/{run_name}/results.json", results)
-            line = f"step {global_step}"
-            if "team_return" in evaluation:
-                line += f" | team return {evaluation['team_return']:.2f} ± {evaluation['team_return_std']:.2f}"
-                line += f" | extrapolation error {evaluation['extrapolation_error']:.2f}"
-            if "weights/lambda_vd_mean" in logs:
-                line += f" | lambda_vd {logs['weights/lambda_vd_mean']:.3f}"
-            progress.write(line)
+                entry["tables"] = matrix_game_tables(env, agent_data, agent_ids, lambda_tn, qnet, qnet_target, threshold, args, device)
+                values = [max(t["q_over_gamma"]) * args.gamma for t in entry["tables"]]  # V_i(start)
+                entry["start_value_difference"] = max(values) - min(values)  # Proposition 1: consensus on V
+            for k, v in entry.items():
+                if isinstance(v, float) and k not in ("seconds", "train_seconds") and not k.startswith(("lambda_", "td_", "policy_", "q_")):
+                    writer.add_scalar(f"eval/{k}", v, step)
+            results["evaluations"].append(entry)
+            results["final"] = entry
+            line = f"step {step}"
+            if "team_return" in entry:
+                line += f" | team return {entry['team_return']:.2f} ± {entry['team_return_std']:.2f}"
+                line += f" | extrapolation error {entry['extrapolation_error']:.2f}"
+            if "win_rate" in entry:
+                line += f" | win rate {entry['win_rate']:.2f}"
+            if "lambda_vd_mean" in entry:
+                line += f" | lambda_vd {entry['lambda_vd_mean']:.3f}"
+            tqdm.write(line)
 
-    if args.env_id == "matrix-game" and "final" in results:  # the paper's Tables 2-4, then the joint action
-        print_tables(results["final"]["tables"], args)
-        if "start_actions" in results["final"]:
-            joint = results["final"]["start_actions"]
-            print(f"greedy joint action (a{joint[0] + 1}, a{joint[1] + 1}): payoff {results['final']['team_return']:g}")
+        session_start, train_seconds, tick = time.time(), resumed_train_seconds, time.time()
+        if args.total_steps == 0:  # nothing to learn: evaluate the untrained team once
+            evaluate_and_record(0)
+        progress = tqdm(range(start_step + 1, args.total_steps + 1), desc="training", unit=" steps",
+                        initial=start_step, total=args.total_steps)
+        for global_step in progress:
+            # ALGO LOGIC: one discrete BCQ update of every agent, the TD loss weighted by lambda_tn * lambda_vd
+            if (global_step - 1) % RNG_CHUNK == 0:  # one draw per agent for RNG_CHUNK steps: per-step draws cost more
+                chunk = dict(idx=sample_indices(data["size"], (RNG_CHUNK, args.batch_size), generators))
+                cores.update()
+            idx = chunk["idx"][:, (global_step - 1) % RNG_CHUNK]
+            obs, actions, rewards = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["rewards"], idx)
+            next_obs, dones = gather(data["next_obs"], idx), gather(data["dones"], idx)
+            avail, next_avail = gather(data["avail_actions"], idx), gather(data["next_avail_actions"], idx)
+            with torch.no_grad():
+                next_value, q_sa_target = targets(qnet, qnet_target, obs, actions, next_obs, next_avail, threshold)
+                td_target = rewards + args.gamma * torch.where(dones, 0.0, next_value)
+                weight = gather(lambda_tn, idx)
+                if not args.no_vd:
+                    lambda_vd = value_deviation(next_value, q_sa_target, rewards, dones, args.gamma, args.epsilon)
+                    weight = weight * lambda_vd
+            q, logits = qnet(obs)  # [n_agents, batch, n_actions]
+            q_sa = take(q, actions)
+            q_loss = (weight * (q_sa - td_target) ** 2).mean(-1)  # eq. (1), [n_agents]; squared, not Huber: see the docs
+            # the behaviour classifier pi_b(a|s) over the available actions (unweighted: it models the data)
+            log_pi_b = F.log_softmax(logits.masked_fill(~avail, -torch.inf), -1)
+            imitation_loss = -take(log_pi_b, actions).mean(-1) + IMITATION_LOGIT_PENALTY * logits.pow(2).mean((1, 2))
+            optimizer.zero_grad(set_to_none=True)
+            (q_loss + imitation_loss).sum().backward()  # sum over agents: each agent's gradient is its own loss's
+            optimizer.step()
+            if global_step % args.target_update_freq == 0:
+                soft_update(qnet_target, qnet, args.tau)
 
-    if args.save_model:
-        for e, agent_id in enumerate(agent_ids):
-            path = f"runs/{run_name}/agent_{agent_id}.pt"
-            torch.save(dict(
-                agent_id=agent_id, env_id=args.env_id, env_kwargs=meta["env_kwargs"], args=asdict(args),
-                qnet=agent_state(qnet, e, len(agent_ids)),
-            ), path + ".tmp")
-            os.replace(path + ".tmp", path)
-            print(f"saved {path}")
+            evaluate_now = global_step % args.eval_freq == 0 or global_step == args.total_steps
+            if global_step % 1000 == 0 or evaluate_now:
+                logs = {
+                    "losses/td_loss": q_loss.mean().item(),
+                    "losses/policy_loss": imitation_loss.mean().item(),  # the behaviour classifier's
+                    "losses/q_values": q_sa.mean().item(),
+                    "charts/allowed_actions": allowed_actions(logits, avail, threshold).float().sum(-1).mean().item(),
+                }
+                if not args.no_tn:
+                    batch_tn = gather(lambda_tn, idx)
+                    logs.update({f"weights/lambda_tn_{f}": getattr(batch_tn, f)().item() for f in ("mean", "min", "max")})
+                if not args.no_vd:
+                    live = lambda_vd[~dones] if (~dones).any() else lambda_vd  # terminal transitions are 1 by definition
+                    logs.update({f"weights/lambda_vd_{f}": getattr(live, f)().item() for f in ("mean", "min", "max")})
+                    logs["weights/lambda_vd_clipped"] = ((live - 1).abs() >= args.epsilon - 1e-6).float().mean().item()
+                for k, v in logs.items():
+                    writer.add_scalar(k, v, global_step)
+                writer.add_scalar("charts/updates_per_second", (global_step - start_step) / (time.time() - session_start), global_step)
+
+            checkpoint_now = evaluate_now if args.checkpoint_freq == 0 else global_step % args.checkpoint_freq == 0
+            if evaluate_now or checkpoint_now:
+                train_seconds += time.time() - tick
+                if evaluate_now:
+                    evaluate_and_record(global_step)
+                    train_seconds = 0.0
+                results["seconds"] += time.time() - session_start
+                session_start = time.time()
+                if checkpoint_now or global_step == args.total_steps:
+                    save_state(global_step)
+                write_results(run_dir, results)
+                tick = time.time()
+
+        if args.total_steps == 0:
+            results["seconds"] += time.time() - session_start
+            save_state(0)
+        if args.env_id == "matrix-game" and results["final"]:  # the paper's Tables 2-4, then the joint action
+            weights = "no weights (BCQ)" if args.no_vd and args.no_tn else " * ".join(
+                w for w, off in (("lambda_vd", args.no_vd), (f"lambda_tn ({args.tn_estimator})", args.no_tn)) if not off)
+            matrix_game.print_tables(results["final"]["tables"], weights)
+            if "start_actions" in results["final"]:
+                joint = results["final"]["start_actions"]
+                print(f"greedy joint action (a{joint[0] + 1}, a{joint[1] + 1}): payoff {results['final']['team_return']:g}")
+        if args.save_model:
+            save_agent_checkpoints(run_dir, agent_ids, meta["env_kwargs"], args,
+                                   [dict(qnet=agent_state(qnet, e, len(agent_ids))) for e in range(len(agent_ids))])
     writer.close()

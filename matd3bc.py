@@ -12,13 +12,25 @@ tests/test_matd3bc.py checks that no agent's data reaches another agent's gradie
 
     python matd3bc.py --env-id dg --epsilon 0.9            # MATD3+BC
     python matd3bc.py --env-id dg --no-vd --no-tn          # TD3+BC baseline
+    python matd3bc.py --resume runs/<run_name>             # continue a killed run
+
+Sections: Args -> the algorithm (networks, lambda weights, losses) -> evaluation -> data
+plumbing -> the run contract (docs/results.md, the same in every script) -> main.
 """
 
+import atexit
+import contextlib
 import json
 import os
+import platform
 import random
+import signal
+import subprocess
+import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
+from importlib import metadata
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,7 +53,7 @@ class Args:
     torch_deterministic: bool = True
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = False
-    """if toggled, train on CUDA when it is available"""
+    """if toggled, train on CUDA (refused when torch sees no CUDA device)"""
     track: bool = False
     """if toggled, mirror the TensorBoard logs to Weights and Biases"""
     wandb_project_name: str = "offline-decentralized-marl"
@@ -50,6 +62,14 @@ class Args:
     """the entity (team) of wandb's project"""
     save_model: bool = False
     """whether to save one checkpoint per agent into `runs/{run_name}`"""
+    run_name: str | None = None
+    """the run folder under runs/ (None: `{env_id}__{exp_name}{variant}__{seed}__{time}`; may contain `/`)"""
+    resume: str | None = None
+    """continue the run in this folder (e.g. `runs/<run_name>`) from its checkpoint, with its flags"""
+    checkpoint_freq: int = 0
+    """write the training state every this many steps (0: at every evaluation)"""
+    threads: int = 0
+    """torch threads (0: share the cores with the other runs on this machine, see docs/results.md)"""
 
     # Algorithm specific arguments
     env_id: str = "dg"
@@ -106,6 +126,31 @@ class Args:
     """the latent size of both VAEs (the paper's "VAE hidden space")"""
     analysis_states: int = 10_000
     """states sampled from the union of the agents' data for the value-difference metric"""
+
+
+def check_args(args: Args) -> None:
+    """Every flag's range, before anything is read or written."""
+    if not 0 <= args.epsilon <= 1:
+        raise InputError(f"--epsilon must lie in [0, 1] (lambda_vd is clipped to [1 - eps, 1 + eps]), got {args.epsilon}")
+    if not 0 < args.tau <= 1:
+        raise InputError(f"--tau must lie in (0, 1], got {args.tau}")
+    if not 0 < args.gamma < 1:
+        raise InputError(f"--gamma must lie in (0, 1), got {args.gamma}")
+    for name in ("total_steps", "vae_steps", "checkpoint_freq", "threads", "policy_noise", "noise_clip", "alpha"):
+        if getattr(args, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("eval_freq", "eval_episodes", "batch_size", "policy_freq", "vae_batch_size", "hidden_dim",
+                 "vae_latent_dim", "analysis_states", "learning_rate", "vae_learning_rate"):
+        if getattr(args, name) <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+
+
+def algorithm(args: Args) -> tuple[str, str]:
+    """The paper's name of what the flags make (results.json `algorithm`) and the run-name variant."""
+    variant = "".join(f"-{flag}" for flag in ("no_vd", "no_tn") if getattr(args, flag))
+    weights = [w for w, off in (("lambda_vd", args.no_vd), ("lambda_tn", args.no_tn)) if not off]
+    name = "MATD3+BC" if len(weights) == 2 else "TD3+BC" + (f" w/ {weights[0]}" if weights else "")
+    return name, variant
 
 
 def agent_generators(seed: int, agent_ids: list[int], device) -> list[torch.Generator]:
@@ -289,6 +334,48 @@ def fit_lambda_tn(data, args, generators, device, progress=True):
     return lambda_tn, logs
 
 
+# ALGO LOGIC: evaluation of the team and the paper's analysis metrics
+@torch.no_grad()
+def evaluate(env, actor, critic, obs_mean, obs_std, n_episodes, gamma, seed, device):
+    """Run the team's deterministic policies in `n_episodes` parallel episodes.
+
+    Returns the team return (undiscounted, first `eval_episode_len` steps) and the
+    extrapolation error |(1/N) sum_i Q_i(o_i, pi_i(o_i)) - G| at the start states, G the
+    discounted Monte-Carlo return of the team. Envs without terminal states are rolled on
+    past the episode length until gamma^t < 0.01, so that G is not cut short."""
+    rng = np.random.default_rng(seed)
+    obs = env.reset(n_episodes, rng)
+    horizon = max(env.eval_episode_len, int(np.ceil(np.log(0.01) / np.log(gamma))))
+    team_return, discounted_return = np.zeros(n_episodes), np.zeros(n_episodes)
+    alive = np.ones(n_episodes, dtype=bool)
+    for t in range(horizon):
+        o = (torch.as_tensor(np.stack(obs), device=device) - obs_mean) / obs_std  # [n_agents, episodes, obs_dim]
+        act = actor(o)
+        if t == 0:
+            q_start = critic(o, act).min(0).values.mean(0).cpu().numpy()
+        obs, reward, terminated = env.step(list(act.cpu().numpy()))
+        if t < env.eval_episode_len:
+            team_return += alive * reward
+        discounted_return += alive * gamma**t * reward
+        alive &= ~terminated
+        if not alive.any() and t >= env.eval_episode_len - 1:
+            break
+    return dict(
+        team_return=float(team_return.mean()),
+        team_return_std=float(team_return.std()),
+        extrapolation_error=float(np.abs(q_start - discounted_return).mean()),
+        q_start=float(q_start.mean()),
+        mc_return=float(discounted_return.mean()),
+    )
+
+
+@torch.no_grad()
+def value_difference(actor, critic, agent_obs):
+    """max_i V_i(s) - min_i V_i(s), averaged over states, V_i(s) = Q_i(o_i, pi_i(o_i)) (Table 6)."""
+    values = critic(agent_obs, actor(agent_obs)).min(0).values  # [n_agents, n_states]
+    return float((values.max(0).values - values.min(0).values).mean())
+
+
 # TRY NOT TO MODIFY: per-agent data on the device, sampled with each agent's own stream
 RNG_CHUNK = 1000
 
@@ -338,123 +425,257 @@ def load_agent_state(module, index, n_agents, state):
             v[index::n_agents] = state[k]
 
 
-@torch.no_grad()
-def evaluate(env, actor, critic, obs_mean, obs_std, n_episodes, gamma, seed, device):
-    """Run the team's deterministic policies in `n_episodes` parallel episodes.
-
-    Returns the team return (undiscounted, first `eval_episode_len` steps) and the
-    extrapolation error |(1/N) sum_i Q_i(o_i, pi_i(o_i)) - G| at the start states, G the
-    discounted Monte-Carlo return of the team. Envs without terminal states are rolled on
-    past the episode length until gamma^t < 0.01, so that G is not cut short."""
-    rng = np.random.default_rng(seed)
-    obs = env.reset(n_episodes, rng)
-    horizon = max(env.eval_episode_len, int(np.ceil(np.log(0.01) / np.log(gamma))))
-    team_return, discounted_return = np.zeros(n_episodes), np.zeros(n_episodes)
-    alive = np.ones(n_episodes, dtype=bool)
-    for t in range(horizon):
-        o = (torch.as_tensor(np.stack(obs), device=device) - obs_mean) / obs_std  # [n_agents, episodes, obs_dim]
-        act = actor(o)
-        if t == 0:
-            q_start = critic(o, act).min(0).values.mean(0).cpu().numpy()
-        obs, reward, terminated = env.step(list(act.cpu().numpy()))
-        if t < env.eval_episode_len:
-            team_return += alive * reward
-        discounted_return += alive * gamma**t * reward
-        alive &= ~terminated
-        if not alive.any() and t >= env.eval_episode_len - 1:
-            break
-    return dict(
-        team_return=float(team_return.mean()),
-        team_return_std=float(team_return.std()),
-        extrapolation_error=float(np.abs(q_start - discounted_return).mean()),
-        q_start=float(q_start.mean()),
-        mc_return=float(discounted_return.mean()),
-    )
+# TRY NOT TO MODIFY: the run contract of docs/results.md, word for word the same in every script
+SCRIPT = Path(__file__).stem
+SCHEMA_VERSION = 1
+CHECKPOINT_FORMAT = "odmarl-train-state-1"
+AGENT_FORMAT = "odmarl-agent-1"
+# what a --resume may change: none of these changes what is learned
+RESUMABLE_CHANGES = ("resume", "total_steps", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "cuda",
+                     "track", "wandb_project_name", "wandb_entity", "save_model")
 
 
-@torch.no_grad()
-def value_difference(actor, critic, agent_obs):
-    """max_i V_i(s) - min_i V_i(s), averaged over states, V_i(s) = Q_i(o_i, pi_i(o_i)) (Table 6)."""
-    values = critic(agent_obs, actor(agent_obs)).min(0).values  # [n_agents, n_states]
-    return float((values.max(0).values - values.min(0).values).mean())
+def parse_args():
+    """The flags; with `--resume runs/NAME` the run's saved flags are the defaults, and a change to any
+    flag outside RESUMABLE_CHANGES is refused (it would make the resumed run another experiment)."""
+    args = tyro.cli(Args)
+    if args.resume is None:
+        return args
+    try:
+        saved = json.loads((Path(args.resume) / "results.json").read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"--resume {args.resume}: no readable results.json there ({e}); pass a run folder such as runs/<run_name>") from None
+    if saved.get("script") != SCRIPT:
+        raise InputError(f"--resume {args.resume}: that run is of {saved.get('script')}.py, not {SCRIPT}.py")
+    names = {f.name for f in fields(Args)}
+    defaults = replace(Args(), **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["args"].items() if k in names})
+    args = tyro.cli(Args, default=replace(defaults, resume=args.resume))
+    changed = [k for k in names if k not in RESUMABLE_CHANGES and getattr(args, k) != getattr(defaults, k)]
+    if changed:
+        flag = changed[0].replace("_", "-")
+        raise InputError(f"--resume: --{flag} {getattr(args, changed[0])} differs from the run's {getattr(defaults, changed[0])}; "
+                         f"drop --{flag} to resume, or start a new run")
+    return args
 
 
-def write_json(path, obj):
-    tmp = f"{path}.tmp"
+def parse_agent_ids(text: str | None, n_agents: int) -> list[int]:
+    if text is None:
+        return list(range(n_agents))
+    try:
+        agent_ids = [int(i) for i in text.split(",")]
+    except ValueError:
+        raise InputError(f"--agent-ids takes comma-separated integers like `0,1`, got {text!r}") from None
+    if len(set(agent_ids)) != len(agent_ids) or not all(0 <= i < n_agents for i in agent_ids):
+        raise InputError(f"--agent-ids must be distinct ids in 0..{n_agents - 1}, got {text!r}")
+    return agent_ids
+
+
+def pick_device(cuda: bool) -> torch.device:
+    if cuda and not torch.cuda.is_available():
+        raise InputError("--cuda: torch sees no CUDA device on this machine; drop --cuda to train on the CPU")
+    return torch.device("cuda" if cuda else "cpu")
+
+
+class CoreShare:
+    """`--threads 0` shares the cores with this project's other runs on the machine: each run keeps a pid
+    file in one folder and, at every `update()`, uses max(1, cores // live runs) threads. Two runs that
+    each use both of two cores slow each other down ~6x (docs/contention.md). OMP_NUM_THREADS, when set,
+    caps the cores. `--threads N` fixes N. The results do not depend on the thread count (tested)."""
+
+    FOLDER = Path(tempfile.gettempdir()) / "odmarl-runs"
+
+    def __init__(self, threads: int):
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        self.threads, self.cores = threads, min(len(affinity), int(os.environ.get("OMP_NUM_THREADS") or 1 << 16))
+        if threads == 0:
+            self.FOLDER.mkdir(exist_ok=True)
+            pid_file = self.FOLDER / str(os.getpid())
+            pid_file.touch()
+            atexit.register(pid_file.unlink, missing_ok=True)
+        self.update()
+
+    def update(self) -> int:
+        n = self.threads or max(1, self.cores // max(1, self.live_runs()))
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+        return n
+
+    def live_runs(self) -> int:
+        live = 0
+        for pid_file in self.FOLDER.iterdir():
+            try:
+                os.kill(int(pid_file.name), 0)
+                live += 1
+            except (ValueError, ProcessLookupError):  # not a pid, or a run that died: tidy it away
+                pid_file.unlink(missing_ok=True)
+            except PermissionError:  # another user's live run
+                live += 1
+        return live
+
+
+def write_json(path, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(obj, f, indent=2)
     os.replace(tmp, path)
 
 
+def save_torch(path, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_torch(path, what: str) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a missing, truncated or foreign file: torch raises many kinds
+        raise InputError(f"cannot load {what} {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return obj if isinstance(obj, dict) else {}
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "") if commit else None
+
+
+def package_versions(env_id: str) -> dict:
+    out = {"python": platform.python_version()}
+    for package in ("torch", "numpy", *getattr(envs.env_module(env_id), "PINNED_PACKAGES", ())):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def start_run(args, algorithm: str, variant: str, meta: dict, agent_ids: list[int], device) -> tuple[Path, dict, dict | None]:
+    """The run folder, its results.json (status running) and, with --resume, the training state to go on from."""
+    if args.resume is not None:
+        run_dir = Path(args.resume)
+        results = json.loads((run_dir / "results.json").read_text())
+        state = load_torch(run_dir / "checkpoint.pt", "checkpoint") if (run_dir / "checkpoint.pt").exists() else None
+        if state is not None and (state.get("format"), state.get("script")) != (CHECKPOINT_FORMAT, SCRIPT):
+            raise InputError(f"{run_dir / 'checkpoint.pt'} is not a {SCRIPT}.py training state; start a new run")
+        if state is not None and state["step"] > args.total_steps:
+            raise InputError(f"--total-steps {args.total_steps} is below the {state['step']} steps the run has done")
+        step = state["step"] if state else 0
+        results.update(status="running", error=None, pid=os.getpid(), host=platform.node(), args=asdict(args),
+                       evaluations=state["results"]["evaluations"] if state else [],
+                       seconds=state["results"]["seconds"] if state else 0.0,
+                       final=state["results"]["final"] if state else None,
+                       resumed_at_steps=results.get("resumed_at_steps", []) + [step])
+    else:
+        run_name = args.run_name or f"{args.env_id}__{args.exp_name}{variant}__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+        if (run_dir / "results.json").exists():
+            raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --run-name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = None
+        results = dict(
+            schema_version=SCHEMA_VERSION, status="running", error=None, run_name=run_name, script=SCRIPT,
+            algorithm=algorithm, env_id=args.env_id, env_kwargs=meta["env_kwargs"],
+            dataset=dict(path=meta.get("path"), recipe=meta.get("recipe"), fingerprint=meta.get("content_sha256")),
+            seed=args.seed, agent_ids=agent_ids, args=asdict(args), git_commit=git_commit(),
+            versions=package_versions(args.env_id), device=str(device), threads=args.threads or "auto",
+            host=platform.node(), pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            resumed_at_steps=[], evaluations=[], final=None, seconds=0.0,
+        )
+    write_results(run_dir, results)
+    print(f"results: {run_dir / 'results.json'}")
+    return run_dir, results, state
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(run_dir / "results.json", results)
+
+
+@contextlib.contextmanager
+def recorded(run_dir: Path, results: dict):
+    """results.json says how the block ended: complete, interrupted (Ctrl-C, SIGTERM) or failed (with the error).
+    A SIGKILL leaves "running" with a dead pid; --resume continues from the last checkpoint."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+        write_results(run_dir, results)
+        raise
+    except BaseException as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        write_results(run_dir, results)
+        raise
+    else:
+        results["status"] = "complete"
+        write_results(run_dir, results)
+        print(f"results: {run_dir / 'results.json'}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def load_agent_checkpoints(paths, env_id: str, env_kwargs: dict, n_agents: int) -> list[dict]:
+    """--checkpoints: one file per agent, in agent order, each saved by this script for this env and agent."""
+    if len(paths) != n_agents:
+        raise InputError(f"--checkpoints needs one file per agent ({n_agents} for {env_id}), got {len(paths)}")
+    checkpoints = []
+    for i, path in enumerate(paths):
+        ckpt = load_torch(path, "checkpoint")
+        if (ckpt.get("format"), ckpt.get("script")) != (AGENT_FORMAT, SCRIPT):
+            raise InputError(f"{path} is not an agent checkpoint of {SCRIPT}.py (save one with --save-model)")
+        if (ckpt.get("env_id"), ckpt.get("env_kwargs"), ckpt.get("agent_id")) != (env_id, env_kwargs, i):
+            raise InputError(f"{path} holds agent {ckpt.get('agent_id')} of {ckpt.get('env_id')} {ckpt.get('env_kwargs')}, "
+                             f"expected agent {i} of {env_id} {env_kwargs}")
+        checkpoints.append(ckpt)
+    return checkpoints
+
+
+def save_agent_checkpoints(run_dir: Path, agent_ids: list[int], env_kwargs: dict, args, tensors: list[dict]) -> None:
+    """--save-model: one file per agent, loadable alone (`--checkpoints`)."""
+    for agent_id, agent_tensors in zip(agent_ids, tensors):
+        path = run_dir / f"agent_{agent_id}.pt"
+        save_torch(path, dict(format=AGENT_FORMAT, script=SCRIPT, agent_id=agent_id, env_id=args.env_id,
+                              env_kwargs=env_kwargs, args=asdict(args), **agent_tensors))
+        print(f"saved {path}")
+
+
 if __name__ == "__main__":
-    args = tyro.cli(Args)
-    if not 0 <= args.epsilon <= 1:
-        raise InputError(f"--epsilon must lie in [0, 1] (lambda_vd is clipped to [1 - eps, 1 + eps]), got {args.epsilon}")
-    for name in ("total_steps", "vae_steps"):
-        if getattr(args, name) < 0:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("eval_freq", "eval_episodes", "batch_size", "policy_freq", "vae_batch_size", "hidden_dim"):
-        if getattr(args, name) <= 0:
-            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
-    run_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    args = parse_args()
+    check_args(args)
+    algorithm_name, variant = algorithm(args)
+    device = pick_device(args.cuda)
     if args.track:
         try:
             import wandb
         except ImportError:
             raise InputError("--track needs wandb: pip install wandb") from None
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=run_name, save_code=True)
-    writer = SummaryWriter(f"runs/{run_name}")
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
 
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    torch.set_flush_denormal(True)  # Adam's second moments decay into denormals, which are ~10x slower on CPU
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-
-    # data: agent i reads only its own file
+    # the environment and the agents this process trains
     if args.env_id != "dg" and args.obs != "full":
         raise InputError(f"--obs only applies to dg; {args.env_id} has one observation")
     env_kwargs = {"obs": args.obs} if args.env_id == "dg" else {}
-    recipe = {"n_transitions": args.n_transitions}
     env = envs.make(args.env_id, **env_kwargs)
+    if env.discrete:
+        raise InputError(f"{args.env_id} has discrete actions; matd3bc.py needs continuous ones (use mabcq_discrete.py or macql.py)")
     full_env_kwargs, _ = envs.resolve(args.env_id, env_kwargs)
     n_agents, obs_dim, act_dim = env.n_agents, env.obs_dims[0], env.act_dims[0]
-    if args.checkpoints:
-        agent_ids = list(range(n_agents))
-        if len(args.checkpoints) != n_agents:
-            raise InputError(f"--checkpoints needs one file per agent ({n_agents} for {args.env_id}), got {len(args.checkpoints)}")
-    elif args.agent_ids is None:
-        agent_ids = list(range(n_agents))
-    else:
-        try:
-            agent_ids = [int(i) for i in args.agent_ids.split(",")]
-        except ValueError:
-            raise InputError(f"--agent-ids takes comma-separated integers like `0,1`, got {args.agent_ids!r}") from None
-        if len(set(agent_ids)) != len(agent_ids) or not all(0 <= i < n_agents for i in agent_ids):
-            raise InputError(f"--agent-ids must be distinct ids in 0..{n_agents - 1}, got {args.agent_ids!r}")
-    generators = agent_generators(args.seed, agent_ids, device)
-    results = dict(run_name=run_name, args=asdict(args), agent_ids=agent_ids, evaluations=[])
+    agent_ids = list(range(n_agents)) if args.checkpoints else parse_agent_ids(args.agent_ids, n_agents)
 
-    if args.checkpoints:  # evaluate a team assembled from separately trained agents
-        ckpts = []
-        for i, path in enumerate(args.checkpoints):
-            try:
-                ckpt = torch.load(path, map_location=device)
-            except (OSError, RuntimeError) as e:
-                raise InputError(f"cannot load checkpoint {path} ({e})") from None
-            if (ckpt.get("env_id"), ckpt.get("env_kwargs"), ckpt.get("agent_id")) != (args.env_id, full_env_kwargs, i):
-                raise InputError(
-                    f"{path} holds agent {ckpt.get('agent_id')} of {ckpt.get('env_id')} {ckpt.get('env_kwargs')}, "
-                    f"expected agent {i} of {args.env_id} {full_env_kwargs}"
-                )
-            ckpts.append(ckpt)
+    if args.checkpoints:  # evaluate a team assembled from separately trained agents: their own settings win
+        ckpts = load_agent_checkpoints(args.checkpoints, args.env_id, full_env_kwargs, n_agents)
         if len({c["args"]["hidden_dim"] for c in ckpts}) > 1:
             raise InputError("the checkpoints have different --hidden-dim; a team needs one network size")
         args.hidden_dim = ckpts[0]["args"]["hidden_dim"]
+        generators = agent_generators(args.seed, agent_ids, device)
         actor = Actor(obs_dim, act_dim, args.hidden_dim, generators, device)
         critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
         obs_mean = torch.zeros(n_agents, 1, obs_dim, device=device)
@@ -463,124 +684,179 @@ if __name__ == "__main__":
             load_agent_state(actor, i, n_agents, ckpt["actor"])
             load_agent_state(critic, i, n_agents, ckpt["critic"])
             obs_mean[i], obs_std[i] = ckpt["obs_mean"], ckpt["obs_std"]
-        metrics = evaluate(env, actor, critic, obs_mean, obs_std, args.eval_episodes, args.gamma, args.seed, device)
-        results.update(final=metrics, checkpoints=list(args.checkpoints))
-        write_json(f"runs/{run_name}/results.json", results)
-        print(f"team of {len(args.checkpoints)} checkpoints: return {metrics['team_return']:.2f} ± {metrics['team_return_std']:.2f}")
+        run_dir, results, _ = start_run(args, "team of checkpoints", "-team", {"env_kwargs": full_env_kwargs}, agent_ids, device)
+        results["checkpoints"] = [dict(path=str(p), algorithm=algorithm(replace(args, no_vd=c["args"]["no_vd"], no_tn=c["args"]["no_tn"]))[0], args=c["args"])
+                                  for p, c in zip(args.checkpoints, ckpts)]
+        with recorded(run_dir, results):
+            results["final"] = evaluate(env, actor, critic, obs_mean, obs_std, args.eval_episodes, args.gamma, args.seed, device)
+        print(f"team of {n_agents} checkpoints: return {results['final']['team_return']:.2f} ± {results['final']['team_return_std']:.2f}")
         raise SystemExit(0)
 
-    actor = Actor(obs_dim, act_dim, args.hidden_dim, generators, device)
-    critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
+    # data: agent i reads only its own file
+    recipe = {"n_transitions": args.n_transitions}
     env, agent_data, meta = datasets.load(args.env_id, env_kwargs, recipe, args.dataset_dir, agent_ids)
-    data = stack_agent_data([agent_data[i] for i in agent_ids], args.normalize_obs, device)
-    # states from the union of all agents' data, seen through each agent's eyes
-    union = np.concatenate([agent_data[i]["states"] for i in agent_ids])
-    union = union[np.random.default_rng(args.seed).choice(len(union), min(args.analysis_states, len(union)), replace=False)]
-    analysis_obs = torch.as_tensor(np.stack([env.observe(union)[i] for i in agent_ids]), device=device)
-    analysis_obs = (analysis_obs - data["obs_mean"]) / data["obs_std"]
+    meta["path"] = str(datasets.dataset_path(args.dataset_dir, args.env_id, meta["env_kwargs"], meta["recipe"]))
 
-    # ALGO LOGIC: lambda_tn is fixed per transition, computed once before Q-learning
-    if args.no_tn:
-        lambda_tn = torch.ones(data["rewards"].shape, device=device)
-    else:
-        lambda_tn, vae_logs = fit_lambda_tn(data, args, generators, device)
-        for k, v in vae_logs.items():
-            writer.add_scalar(k, v, 0)
-    for i, a in enumerate(agent_ids):
-        lt = lambda_tn[i, : data["size"][i]]
-        print(f"agent {a}: lambda_tn mean {lt.mean():.3f} min {lt.min():.3f} max {lt.max():.3f}")
+    # the run folder: nothing is written before this point
+    run_dir, results, state = start_run(args, algorithm_name, variant, meta, agent_ids, device)
+    if args.track:
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=results["run_name"], save_code=True, resume="allow")
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    cores = CoreShare(args.threads)
 
-    actor_target = Actor(obs_dim, act_dim, args.hidden_dim, generators, device)
-    critic_target = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
-    actor_target.load_state_dict(actor.state_dict())
-    critic_target.load_state_dict(critic.state_dict())
-    actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
-    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_flush_denormal(True)  # Adam's second moments decay into denormals, which are ~10x slower on CPU
 
-    start_time = time.time()
-    logs, actor_loss = {}, torch.zeros(len(agent_ids))
-    progress = tqdm(range(1, args.total_steps + 1), desc="training", unit=" steps")
-    for global_step in progress:
-        # ALGO LOGIC: one TD3+BC update of every agent, weighted by lambda_tn * lambda_vd
-        if (global_step - 1) % RNG_CHUNK == 0:  # one draw per agent for RNG_CHUNK steps: per-step draws cost more
-            idx_chunk = sample_indices(data["size"], (RNG_CHUNK, args.batch_size), generators)
-            noise_chunk = randn(generators, RNG_CHUNK, args.batch_size, act_dim, device=device)
-        idx, noise = idx_chunk[:, (global_step - 1) % RNG_CHUNK], noise_chunk[:, (global_step - 1) % RNG_CHUNK]
-        batch = {k: gather(data[k], idx) for k in ("obs", "actions", "rewards", "next_obs", "dones")}
-        batch["lambda_tn"] = gather(lambda_tn, idx)
-        critic_loss, q, weight, lambda_vd = td3bc_critic_loss(critic, critic_target, actor_target, batch, noise, args)
-        critic_optimizer.zero_grad(set_to_none=True)
-        critic_loss.sum().backward()  # sum over agents: each agent's gradient is its own loss's
-        critic_optimizer.step()
+    with recorded(run_dir, results):
+        generators = agent_generators(args.seed, agent_ids, device)
+        actor = Actor(obs_dim, act_dim, args.hidden_dim, generators, device)
+        critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
+        data = stack_agent_data([agent_data[i] for i in agent_ids], args.normalize_obs, device)
+        # states from the union of all agents' data, seen through each agent's eyes
+        union = np.concatenate([agent_data[i]["states"] for i in agent_ids])
+        union = union[np.random.default_rng(args.seed).choice(len(union), min(args.analysis_states, len(union)), replace=False)]
+        analysis_obs = torch.as_tensor(np.stack([env.observe(union)[i] for i in agent_ids]), device=device)
+        analysis_obs = (analysis_obs - data["obs_mean"]) / data["obs_std"]
 
-        if global_step % args.policy_freq == 0:
-            actor_loss = td3bc_actor_loss(actor, critic, batch, weight, args)
-            actor_optimizer.zero_grad(set_to_none=True)
-            actor_loss.sum().backward()
-            actor_optimizer.step()
-            soft_update(critic_target, critic, args.tau)
-            soft_update(actor_target, actor, args.tau)
+        # ALGO LOGIC: lambda_tn is fixed per transition, computed once before Q-learning
+        if args.no_tn:
+            lambda_tn = torch.ones(data["rewards"].shape, device=device)
+        elif state is not None:
+            lambda_tn = state["lambda_tn"].to(device)
+        else:
+            lambda_tn, results["vae"] = fit_lambda_tn(data, args, generators, device)
+            for k, v in results["vae"].items():
+                writer.add_scalar(k, v, 0)
+        for i, a in enumerate(agent_ids):
+            lt = lambda_tn[i, : data["size"][i]]
+            print(f"agent {a}: lambda_tn mean {lt.mean():.3f} min {lt.min():.3f} max {lt.max():.3f}")
 
-        evaluate_now = global_step % args.eval_freq == 0 or global_step == args.total_steps
-        if global_step % 1000 == 0 or evaluate_now:
-            sps = global_step / (time.time() - start_time)
-            logs = {
-                "losses/critic_loss": critic_loss.mean().item(),
-                "losses/actor_loss": actor_loss.mean().item(),
-                "losses/q_values": q.mean().item(),
-                "charts/steps_per_second": sps,
-            }
-            if not args.no_tn:
-                batch_tn = batch["lambda_tn"]
-                logs.update({
-                    "weights/lambda_tn_mean": batch_tn.mean().item(),
-                    "weights/lambda_tn_min": batch_tn.min().item(),
-                    "weights/lambda_tn_max": batch_tn.max().item(),
-                })
-            if not args.no_vd:
-                logs.update({
-                    "weights/lambda_vd_mean": lambda_vd.mean().item(),
-                    "weights/lambda_vd_min": lambda_vd.min().item(),
-                    "weights/lambda_vd_max": lambda_vd.max().item(),
-                    "weights/lambda_vd_clipped_high": (lambda_vd >= 1 + args.epsilon - 1e-6).float().mean().item(),
-                })
-            for k, v in logs.items():
-                writer.add_scalar(k, v, global_step)
+        actor_target = Actor(obs_dim, act_dim, args.hidden_dim, generators, device)
+        critic_target = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
+        actor_target.load_state_dict(actor.state_dict())
+        critic_target.load_state_dict(critic.state_dict())
+        actor_optimizer = torch.optim.Adam(actor.parameters(), lr=args.learning_rate, fused=True)
+        critic_optimizer = torch.optim.Adam(critic.parameters(), lr=args.learning_rate, fused=True)
+        modules = dict(actor=actor, critic=critic, actor_target=actor_target, critic_target=critic_target)
+        optimizers = dict(actor=actor_optimizer, critic=critic_optimizer)
+        start_step, chunk, logs, actor_loss, resumed_train_seconds = 0, None, {}, torch.zeros(len(agent_ids)), 0.0
+        if state is not None:  # go on exactly where the checkpoint left off
+            for k, m in modules.items():
+                m.load_state_dict(state["modules"][k])
+            for k, o in optimizers.items():
+                o.load_state_dict(state["optimizers"][k])
+            for g, g_state in zip(generators, state["generators"]):
+                g.set_state(g_state)
+            start_step, logs, actor_loss = state["step"], state["logs"], state["policy_loss"]
+            resumed_train_seconds = state["train_seconds"]
+            chunk = {k: v.to(device) for k, v in state["rng_chunk"].items()} if state["rng_chunk"] else None
+            print(f"resumed at step {start_step}")
 
-        if evaluate_now:
-            evaluation = dict(step=global_step, seconds=round(time.time() - start_time, 1))
+        def save_state(step):
+            save_torch(run_dir / "checkpoint.pt", dict(
+                format=CHECKPOINT_FORMAT, script=SCRIPT, step=step, args=asdict(args),
+                modules={k: m.state_dict() for k, m in modules.items()},
+                optimizers={k: o.state_dict() for k, o in optimizers.items()},
+                generators=[g.get_state() for g in generators], lambda_tn=lambda_tn.cpu(), rng_chunk=chunk,
+                logs=logs, policy_loss=actor_loss, train_seconds=train_seconds + time.time() - tick,
+                results={k: results[k] for k in ("evaluations", "final", "seconds")},
+            ))
+
+        def evaluate_and_record(step):
+            entry = dict(step=step, seconds=round(results["seconds"] + time.time() - session_start, 1))
+            previous = results["evaluations"][-1] if results["evaluations"] else dict(step=0, train_seconds=0.0)
+            entry["train_seconds"] = previous["train_seconds"] + train_seconds
+            entry["updates_per_second"] = (step - previous["step"]) / max(train_seconds, 1e-9)
             if len(agent_ids) > 1:
-                evaluation["value_difference"] = value_difference(actor, critic, analysis_obs)
+                entry["value_difference"] = value_difference(actor, critic, analysis_obs)
             if len(agent_ids) == n_agents:
-                evaluation.update(evaluate(env, actor, critic, data["obs_mean"], data["obs_std"],
-                                           args.eval_episodes, args.gamma, args.seed + global_step, device))
-            evaluation.update({k: v for k, v in logs.items() if k.startswith(("weights/", "losses/"))})
-            for k, v in evaluation.items():
-                if k not in ("step", "seconds") and "/" not in k:
-                    writer.add_scalar(f"eval/{k}", v, global_step)
-            results["evaluations"].append(evaluation)
-            results["final"] = evaluation
-            write_json(f"runs/{run_name}/results.json", results)
-            line = f"step {global_step}"
-            if "team_return" in evaluation:
-                line += f" | team return {evaluation['team_return']:.2f} ± {evaluation['team_return_std']:.2f}"
-                line += f" | extrapolation error {evaluation['extrapolation_error']:.2f}"
-            if "value_difference" in evaluation:
-                line += f" | value difference {evaluation['value_difference']:.3f}"
-            if "weights/lambda_vd_mean" in logs:
-                line += f" | lambda_vd {logs['weights/lambda_vd_mean']:.3f}"
-            progress.write(line)
+                entry.update(evaluate(env, actor, critic, data["obs_mean"], data["obs_std"],
+                                      args.eval_episodes, args.gamma, args.seed + step, device))
+            entry.update({k.split("/")[1]: v for k, v in logs.items() if k.startswith(("weights/", "losses/"))})
+            for k, v in entry.items():
+                if k not in ("step", "seconds", "train_seconds") and not k.startswith(("lambda_", "td_", "policy_", "q_")):
+                    writer.add_scalar(f"eval/{k}", v, step)
+            results["evaluations"].append(entry)
+            results["final"] = entry
+            line = f"step {step}"
+            if "team_return" in entry:
+                line += f" | team return {entry['team_return']:.2f} ± {entry['team_return_std']:.2f}"
+                line += f" | extrapolation error {entry['extrapolation_error']:.2f}"
+            if "value_difference" in entry:
+                line += f" | value difference {entry['value_difference']:.3f}"
+            if "lambda_vd_mean" in entry:
+                line += f" | lambda_vd {entry['lambda_vd_mean']:.3f}"
+            tqdm.write(line)
 
-    if args.save_model:
-        for e, agent_id in enumerate(agent_ids):
-            path = f"runs/{run_name}/agent_{agent_id}.pt"
-            torch.save(dict(
-                agent_id=agent_id, env_id=args.env_id, env_kwargs=meta["env_kwargs"], args=asdict(args),
-                actor=agent_state(actor, e, len(agent_ids)), critic=agent_state(critic, e, len(agent_ids)),
-                obs_mean=data["obs_mean"][e].cpu(), obs_std=data["obs_std"][e].cpu(),
-            ), path + ".tmp")
-            os.replace(path + ".tmp", path)
-            print(f"saved {path}")
-    results["seconds"] = round(time.time() - start_time, 1)
-    write_json(f"runs/{run_name}/results.json", results)
+        session_start, train_seconds, tick = time.time(), resumed_train_seconds, time.time()
+        if args.total_steps == 0:  # nothing to learn: evaluate the untrained team once
+            evaluate_and_record(0)
+        progress = tqdm(range(start_step + 1, args.total_steps + 1), desc="training", unit=" steps",
+                        initial=start_step, total=args.total_steps)
+        for global_step in progress:
+            # ALGO LOGIC: one TD3+BC update of every agent, weighted by lambda_tn * lambda_vd
+            if (global_step - 1) % RNG_CHUNK == 0:  # one draw per agent for RNG_CHUNK steps: per-step draws cost more
+                chunk = dict(idx=sample_indices(data["size"], (RNG_CHUNK, args.batch_size), generators),
+                             noise=randn(generators, RNG_CHUNK, args.batch_size, act_dim, device=device))
+                cores.update()
+            idx, noise = chunk["idx"][:, (global_step - 1) % RNG_CHUNK], chunk["noise"][:, (global_step - 1) % RNG_CHUNK]
+            batch = {k: gather(data[k], idx) for k in ("obs", "actions", "rewards", "next_obs", "dones")}
+            batch["lambda_tn"] = gather(lambda_tn, idx)
+            critic_loss, q, weight, lambda_vd = td3bc_critic_loss(critic, critic_target, actor_target, batch, noise, args)
+            critic_optimizer.zero_grad(set_to_none=True)
+            critic_loss.sum().backward()  # sum over agents: each agent's gradient is its own loss's
+            critic_optimizer.step()
+
+            if global_step % args.policy_freq == 0:
+                actor_loss = td3bc_actor_loss(actor, critic, batch, weight, args)
+                actor_optimizer.zero_grad(set_to_none=True)
+                actor_loss.sum().backward()
+                actor_optimizer.step()
+                soft_update(critic_target, critic, args.tau)
+                soft_update(actor_target, actor, args.tau)
+
+            evaluate_now = global_step % args.eval_freq == 0 or global_step == args.total_steps
+            if global_step % 1000 == 0 or evaluate_now:
+                logs = {
+                    "losses/td_loss": critic_loss.mean().item(),
+                    "losses/policy_loss": actor_loss.mean().item(),
+                    "losses/q_values": q.mean().item(),
+                }
+                if not args.no_tn:
+                    logs.update({f"weights/lambda_tn_{f}": getattr(batch["lambda_tn"], f)().item() for f in ("mean", "min", "max")})
+                if not args.no_vd:
+                    live = lambda_vd[~batch["dones"]] if (~batch["dones"]).any() else lambda_vd  # terminal ones are 1
+                    logs.update({f"weights/lambda_vd_{f}": getattr(live, f)().item() for f in ("mean", "min", "max")})
+                    logs["weights/lambda_vd_clipped"] = ((live - 1).abs() >= args.epsilon - 1e-6).float().mean().item()
+                for k, v in logs.items():
+                    writer.add_scalar(k, v, global_step)
+                writer.add_scalar("charts/updates_per_second", (global_step - start_step) / (time.time() - session_start), global_step)
+
+            checkpoint_now = evaluate_now if args.checkpoint_freq == 0 else global_step % args.checkpoint_freq == 0
+            if evaluate_now or checkpoint_now:
+                train_seconds += time.time() - tick
+                if evaluate_now:
+                    evaluate_and_record(global_step)
+                    train_seconds = 0.0
+                results["seconds"] += time.time() - session_start
+                session_start = time.time()
+                if checkpoint_now or global_step == args.total_steps:
+                    save_state(global_step)
+                write_results(run_dir, results)
+                tick = time.time()
+
+        if args.total_steps == 0:
+            results["seconds"] += time.time() - session_start
+            save_state(0)
+        if args.save_model:
+            save_agent_checkpoints(run_dir, agent_ids, meta["env_kwargs"], args, [
+                dict(actor=agent_state(actor, e, len(agent_ids)), critic=agent_state(critic, e, len(agent_ids)),
+                     obs_mean=data["obs_mean"][e].cpu(), obs_std=data["obs_std"][e].cpu())
+                for e in range(len(agent_ids))])
     writer.close()

@@ -135,3 +135,74 @@ def collect(env: MatrixGame, agent_id: int, n_episodes: int, seed: int, progress
         next_avail_actions=flat["next_avail_actions"],
         states=flat["states"].astype(np.float32),
     )
+
+
+# The paper's Tables 2-4: what an agent's dataset says about the start state, and the closed form of the
+# weighted Bellman update there. mabcq_discrete.py adds what its networks say (lambda_vd, values).
+def start_outcomes(env: MatrixGame, data: dict, agent_id: int):
+    """The start-state transitions of one agent's data: (mask of those rows, own action, other agent's action),
+    the other's action read off the outcome state, which identifies the joint action."""
+    m = env.payoff.shape[1]
+    first = data["obs"][:, 0] == 1
+    own, outcome = data["actions"][first], data["next_obs"][first, 1:].argmax(1)
+    return first, own, outcome % m if agent_id == 0 else outcome // m
+
+
+def dataset_table(env: MatrixGame, data: dict, agent_id: int, lambda_tn: np.ndarray) -> dict:
+    """Per (own action, other action) at the start state: counts, P_B(outcome | start, own action) and the
+    mean lambda_tn in use (constant per pair for the count estimator). Rows of an action never taken are 0."""
+    n_own, n_other = env.act_dims[agent_id], env.act_dims[1 - agent_id]
+    first, own, other = start_outcomes(env, data, agent_id)
+    counts, tn_sum = np.zeros((n_own, n_other)), np.zeros((n_own, n_other))
+    np.add.at(counts, (own, other), 1)
+    np.add.at(tn_sum, (own, other), lambda_tn[first])
+    return dict(
+        payoff=env.payoff if agent_id == 0 else env.payoff.T,  # [own, other]
+        counts=counts,
+        p_data=counts / np.maximum(counts.sum(1, keepdims=True), 1),
+        lambda_tn=np.where(counts > 0, tn_sum / np.maximum(counts, 1), 1.0),
+        lambda_tn_step2=[float(f(lambda_tn[~first])) for f in (np.mean, np.min, np.max)],  # outcome -> end: exact 1
+    )
+
+
+def start_transitions(env: MatrixGame, agent_id: int):
+    """Every (own, other) action pair as a start-state transition of agent `agent_id`, row-major over
+    [own, other]: (obs, own actions, next obs)."""
+    n_own, n_other = env.act_dims[agent_id], env.act_dims[1 - agent_id]
+    a, b = np.meshgrid(np.arange(n_own), np.arange(n_other), indexing="ij")
+    joint = (a, b) if agent_id == 0 else (b, a)
+    obs = np.zeros((a.size, env.state_dim), np.float32)
+    obs[:, 0] = 1
+    next_obs = np.zeros_like(obs)
+    next_obs[np.arange(a.size), env.outcome_index(joint[0].ravel(), joint[1].ravel())] = 1
+    return obs, a.ravel().astype(np.int64), next_obs
+
+
+def closed_form(p_data, payoff, lambda_tn, use_vd, epsilon, iterations=1000):
+    """Fixed point of the weighted Bellman update at the start state, per own action (rows):
+    P^(s') ~ P(s') lambda_tn(s') lambda_vd(s'), lambda_vd = clip(1 + (R(s') - E) / |E|), E = sum P^ R,
+    with the outcome states' values equal to their payoffs R. Returns (P^, E)."""
+    weights = p_data * lambda_tn
+    p_hat = weights / np.maximum(weights.sum(-1, keepdims=True), 1e-12)  # an action never taken: all zeros
+    expected = (p_hat * payoff).sum(-1)
+    for _ in range(iterations if use_vd else 0):
+        lambda_vd = np.clip(1 + (payoff - expected[:, None]) / (np.abs(expected[:, None]) + 1e-6), 1 - epsilon, 1 + epsilon)
+        p_hat = weights * lambda_vd / np.maximum((weights * lambda_vd).sum(-1, keepdims=True), 1e-12)
+        expected = (p_hat * payoff).sum(-1)
+    return p_hat, expected
+
+
+def print_tables(tables: list[dict], weights: str) -> None:
+    """Tables 2-4 in the paper's layout, one block per agent; closed forms in brackets."""
+    for t in tables:
+        print(f"agent {t['agent_id']} (the paper's agent {t['agent_id'] + 1}), {weights}; closed form in brackets")
+        print(f"  {'own':<4}{'other':<6}{'payoff':>6}{'P data':>8}{'lambda_tn':>10}{'lambda_vd':>10}{'P modified':>17}"
+              f"{'V(next)':>8}{'expected return':>18}{'Q(s,a)/gamma':>14}")
+        for a, row in enumerate(t["p_dataset"]):
+            for b, p in enumerate(row):
+                line = (f"  {f'a{a + 1}' if b == 0 else '':<4}{f'a{b + 1}':<6}{t['payoff'][a][b]:>6g}{p:>8.3f}{t['lambda_tn'][a][b]:>10.3f}"
+                        f"{t['lambda_vd'][a][b]:>10.3f}{t['p_modified'][a][b]:>9.3f} ({t['p_closed_form'][a][b]:.3f}){t['next_value'][a][b]:>8.3f}")
+                if b == 0:
+                    line += f"{t['expected_return'][a]:>10.3f} ({t['expected_return_closed_form'][a]:.3f}){t['q_over_gamma'][a]:>14.3f}"
+                print(line)
+        print("  lambda_tn of the second-step transitions (outcome -> end): mean {:.3f} min {:.3f} max {:.3f}".format(*t["lambda_tn_step2"]))

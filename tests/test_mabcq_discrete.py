@@ -12,7 +12,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import conftest  # noqa: E402
 import envs  # noqa: E402
+import envs.matrix_game  # noqa: E402
 import mabcq_discrete as M  # noqa: E402
 
 # the paper's Tables 2-4: per agent, own action -> ([P^ over the other's actions], expected return)
@@ -27,17 +29,10 @@ OUTCOME = {"bcq": ([0, 1], 5.0), "vd": ([1, 1], 1.0), "vd_tn": ([1, 0], 6.0)}  #
 
 def run(tmp_path, *flags, check=True):
     """The script as a user runs it, one torch thread (the machine is shared), runs/ under tmp_path."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(ROOT / "mabcq_discrete.py"), "--dataset-dir", str(tmp_path / "datasets"), *flags]
-    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    if check:
-        assert out.returncode == 0, out.stderr[-3000:]
-    return out
+    return conftest.run_script("mabcq_discrete.py", tmp_path, *flags, check=check)
 
 
-def results(tmp_path, exp_name):
-    (run_dir,) = (tmp_path / "runs").glob(f"*__{exp_name}__*")
-    return json.loads((run_dir / "results.json").read_text()), run_dir
+results = conftest.find_run
 
 
 def test_value_deviation_by_hand():
@@ -76,7 +71,7 @@ def test_closed_form_reproduces_tables_2_to_4():
         for i in range(2):
             payoff = env.payoff if i == 0 else env.payoff.T
             p_data = np.tile(env.behavior[1 - i], (2, 1))
-            p_hat, expected = M.closed_form(p_data, payoff, 1 / p_data if use_tn else np.ones_like(p_data), use_vd, 0.99)
+            p_hat, expected = envs.matrix_game.closed_form(p_data, payoff, 1 / p_data if use_tn else np.ones_like(p_data), use_vd, 0.99)
             for a, (p_paper, e_paper) in PAPER[name][i].items():
                 np.testing.assert_allclose(p_hat[a], p_paper, atol=0.02)
                 assert expected[a] == pytest.approx(e_paper, abs=0.02)
@@ -193,8 +188,8 @@ def test_smoke_vae_on_a_3x2_game(tmp_path):
     assert [e["step"] for e in res["evaluations"]] == [500, 1000]
     final = res["final"]
     assert 0 <= final["start_actions"][0] < 3 and 0 <= final["start_actions"][1] < 2
-    assert np.isfinite([final["team_return"], final["extrapolation_error"], final["weights/lambda_vd_mean"],
-                        final["weights/lambda_tn_mean"], final["losses/q_loss"]]).all()
+    assert np.isfinite([final["team_return"], final["extrapolation_error"], final["lambda_vd_mean"],
+                        final["lambda_tn_mean"], final["td_loss"]]).all()
     assert [len(t["p_dataset"]) for t in final["tables"]] == [3, 2]
     assert np.isfinite(final["tables"][0]["p_modified"]).all() and "vae/g1_loss" in res["vae"]
     assert list(run_dir.glob("events.out.tfevents.*"))
