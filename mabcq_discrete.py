@@ -307,7 +307,7 @@ def transition_normalization(g1_mean, g2_mean):
     return torch.exp(((g2_mean**2).sum(-1) - (g1_mean**2).sum(-1)) / 2)
 
 
-def fit_lambda_tn(data, args, generators, device, progress=True):
+def fit_lambda_tn(data, args, generators, device, progress=True, on_step=None):
     """Fit G1(a|s) and G2(a|s, s') on each agent's own data, then compute lambda_tn once
     for every transition (the VAEs are frozen afterwards). Returns [n_agents, T] and the logs."""
     obs_dim, n_actions = data["obs"].shape[-1], data["avail_actions"].shape[-1]
@@ -316,6 +316,8 @@ def fit_lambda_tn(data, args, generators, device, progress=True):
     optimizer = torch.optim.Adam([*g1.parameters(), *g2.parameters()], lr=args.vae_learning_rate, fused=True)
     logs = {}
     for _ in tqdm(range(args.vae_steps), desc="fitting VAEs for lambda_tn", disable=not progress):
+        if on_step is not None:  # e.g. the run's share of the cores
+            on_step()
         idx = sample_indices(data["size"], (args.vae_batch_size,), generators)
         obs, actions, next_obs = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["next_obs"], idx)
         onehot = F.one_hot(actions, n_actions).float()
@@ -526,7 +528,7 @@ def pick_device(cuda: bool) -> torch.device:
 
 class CoreShare:
     """`--threads 0` shares the cores with this project's other runs on the machine: each run keeps a pid
-    file in one folder and, at every `update()`, uses max(1, cores // live runs) threads. Two runs that
+    file in one folder and, at every `update()` (once a second at most), uses max(1, cores // live runs) threads. Two runs that
     each use both of two cores slow each other down ~6x (docs/contention.md). OMP_NUM_THREADS, when set,
     caps the cores. `--threads N` fixes N. The results do not depend on the thread count (tested)."""
 
@@ -535,6 +537,7 @@ class CoreShare:
     def __init__(self, threads: int):
         affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
         self.threads, self.cores = threads, min(len(affinity), int(os.environ.get("OMP_NUM_THREADS") or 1 << 16))
+        self.checked = -1.0
         if threads == 0:
             self.FOLDER.mkdir(exist_ok=True)
             pid_file = self.FOLDER / str(os.getpid())
@@ -542,7 +545,11 @@ class CoreShare:
             atexit.register(pid_file.unlink, missing_ok=True)
         self.update()
 
-    def update(self) -> int:
+    def update(self, force: bool = False) -> int:
+        """Cheap enough to call at every step: it looks at the other runs at most once a second."""
+        if not force and time.monotonic() - self.checked < 1.0:
+            return torch.get_num_threads()
+        self.checked = time.monotonic()
         n = self.threads or max(1, self.cores // max(1, self.live_runs()))
         if n != torch.get_num_threads():
             torch.set_num_threads(n)
@@ -778,7 +785,7 @@ if __name__ == "__main__":
             counted = [count_lambda_tn(agent_data[i]["obs"], agent_data[i]["actions"], agent_data[i]["next_obs"]) for i in agent_ids]
             lambda_tn = torch.as_tensor(np.stack([np.pad(c, (0, data["rewards"].shape[1] - len(c)), constant_values=1) for c in counted]), device=device)
         else:
-            lambda_tn, results["vae"] = fit_lambda_tn(data, args, generators, device)
+            lambda_tn, results["vae"] = fit_lambda_tn(data, args, generators, device, on_step=cores.update)
             for k, v in results["vae"].items():
                 writer.add_scalar(k, v, 0)
             print(", ".join(f"{k} {v:.3f}" for k, v in results["vae"].items()))
@@ -847,10 +854,10 @@ if __name__ == "__main__":
         progress = tqdm(range(start_step + 1, args.total_steps + 1), desc="training", unit=" steps",
                         initial=start_step, total=args.total_steps)
         for global_step in progress:
+            cores.update()
             # ALGO LOGIC: one discrete BCQ update of every agent, the TD loss weighted by lambda_tn * lambda_vd
             if (global_step - 1) % RNG_CHUNK == 0:  # one draw per agent for RNG_CHUNK steps: per-step draws cost more
                 chunk = dict(idx=sample_indices(data["size"], (RNG_CHUNK, args.batch_size), generators))
-                cores.update()
             idx = chunk["idx"][:, (global_step - 1) % RNG_CHUNK]
             obs, actions, rewards = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["rewards"], idx)
             next_obs, dones = gather(data["next_obs"], idx), gather(data["dones"], idx)

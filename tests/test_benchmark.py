@@ -18,3 +18,14 @@ def test_throughput_benchmark_prints_one_line_per_setting():
     lines = [line for line in proc.stdout.splitlines() if line.startswith("agents=")]
     assert [line.split()[0] for line in lines] == ["agents=2", "agents=3"]
     assert all("ratio=" in line and "batched=" in line and "naive=" in line for line in lines)
+
+
+def test_contention_benchmark_prints_alone_and_pair_lines():
+    proc = subprocess.run(
+        [sys.executable, "benchmark/contention.py", "--steps", "20", "--settings", "2", "auto", "--extra", "--n-transitions", "500",
+         "--vae-steps", "5", "--hidden-dim", "8", "--eval-episodes", "2", "--analysis-states", "50"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("threads=")]
+    assert len(lines) == 6 and all("speed_vs_lone_2threads=" in line for line in lines)

@@ -207,3 +207,16 @@ def test_bad_flags_give_one_line_errors(tmp_path, flags, message):
     out = run(tmp_path, *flags, check=False)
     assert out.returncode != 0 and message in out.stderr.strip().splitlines()[-1]
     assert "Traceback" not in out.stderr
+
+
+def test_smoke_run_on_smax_reports_win_rate_and_never_sends_an_illegal_action(tmp_path):
+    """SMAX refuses illegal actions (ValueError), so a finished evaluation proves the masks held."""
+    run(tmp_path, "--env-id", "smax-3m", "--quality", "random", "--n-episodes", "20", "--total-steps", "60",
+        "--eval-freq", "30", "--eval-episodes", "4", "--vae-steps", "10", "--hidden-dim", "16", "--batch-size", "16",
+        "--exp-name", "smax")
+    res, _ = results(tmp_path, "smax")
+    assert res["status"] == "complete" and res["dataset"]["recipe"]["quality"] == "random"
+    assert 0 <= res["final"]["win_rate"] <= 1 and np.isfinite(res["final"]["team_return"])
+    assert [e["step"] for e in res["evaluations"]] == [30, 60]
+    bad = run(tmp_path, "--env-id", "matrix-game", "--quality", "random", check=False)
+    assert "matrix-game has no dataset option ['quality']" in conftest.one_line_error(bad)
