@@ -627,7 +627,8 @@ def start_run(args, algorithm: str, variant: str, meta: dict, agent_ids: list[in
                        final=state["results"]["final"] if state else None,
                        resumed_at_steps=results.get("resumed_at_steps", []) + [step])
     else:
-        run_name = args.run_name or f"{args.env_id}__{args.exp_name}{variant}__{args.seed}__{int(time.time())}"
+        env_name = args.env_id.replace(":", "-").replace("/", "-")  # minari:mujoco/hopper/medium-v0 is one folder
+        run_name = args.run_name or f"{env_name}__{args.exp_name}{variant}__{args.seed}__{int(time.time())}"
         run_dir = Path("runs") / run_name
         if (run_dir / "results.json").exists():
             raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --run-name")

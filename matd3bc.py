@@ -76,6 +76,8 @@ class Args:
     """the environment id (see `envs.REGISTRY`)"""
     obs: str = "full"
     """dg only: `full` (both positions) or `partial` (own position)"""
+    partition: str | None = None
+    """minari:<id> only: the split of the joints among agents, e.g. `2x3`, or `1x6` for one agent (None: the robot's default)"""
     n_transitions: int | None = None
     """transitions per agent in the dataset (None: the env's recipe default, 1e6 for dg)"""
     dataset_dir: str = datasets.default_dataset_dir()
@@ -362,13 +364,17 @@ def evaluate(env, actor, critic, obs_mean, obs_std, n_episodes, gamma, seed, dev
         alive &= ~terminated
         if not alive.any() and t >= env.eval_episode_len - 1:
             break
-    return dict(
+    out = dict(
         team_return=float(team_return.mean()),
         team_return_std=float(team_return.std()),
         extrapolation_error=float(np.abs(q_start - discounted_return).mean()),
         q_start=float(q_start.mean()),
         mc_return=float(discounted_return.mean()),
     )
+    if hasattr(env, "normalized_score"):  # multi-agent MuJoCo: D4RL-normalised
+        scores = env.normalized_score(team_return)
+        out.update(normalized_score=float(scores.mean()), normalized_score_std=float(scores.std()))
+    return out
 
 
 @torch.no_grad()
@@ -579,7 +585,8 @@ def start_run(args, algorithm: str, variant: str, meta: dict, agent_ids: list[in
                        final=state["results"]["final"] if state else None,
                        resumed_at_steps=results.get("resumed_at_steps", []) + [step])
     else:
-        run_name = args.run_name or f"{args.env_id}__{args.exp_name}{variant}__{args.seed}__{int(time.time())}"
+        env_name = args.env_id.replace(":", "-").replace("/", "-")  # minari:mujoco/hopper/medium-v0 is one folder
+        run_name = args.run_name or f"{env_name}__{args.exp_name}{variant}__{args.seed}__{int(time.time())}"
         run_dir = Path("runs") / run_name
         if (run_dir / "results.json").exists():
             raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --run-name")
@@ -669,7 +676,9 @@ if __name__ == "__main__":
     # the environment and the agents this process trains
     if args.env_id != "dg" and args.obs != "full":
         raise InputError(f"--obs only applies to dg; {args.env_id} has one observation")
-    env_kwargs = {"obs": args.obs} if args.env_id == "dg" else {}
+    if not args.env_id.startswith("minari:") and args.partition is not None:
+        raise InputError(f"--partition only applies to minari:<dataset id>; {args.env_id} has its own agents")
+    env_kwargs = {"obs": args.obs} if args.env_id == "dg" else {"partition": args.partition}
     env = envs.make(args.env_id, **env_kwargs)
     if env.discrete:
         raise InputError(f"{args.env_id} has discrete actions; matd3bc.py needs continuous ones (use mabcq_discrete.py or macql.py)")
@@ -795,6 +804,8 @@ if __name__ == "__main__":
             if "team_return" in entry:
                 line += f" | team return {entry['team_return']:.2f} ± {entry['team_return_std']:.2f}"
                 line += f" | extrapolation error {entry['extrapolation_error']:.2f}"
+            if "normalized_score" in entry:
+                line += f" | normalized score {entry['normalized_score']:.1f}"
             if "value_difference" in entry:
                 line += f" | value difference {entry['value_difference']:.3f}"
             if "lambda_vd_mean" in entry:

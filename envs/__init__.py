@@ -7,7 +7,7 @@ Each env module exposes `ENV_DEFAULTS` (keyword arguments of the environment),
 `reset(n_envs, rng)` and `step(actions)`, vectorised over a batch of episodes.
 """
 
-from envs import dg, mamujoco, matrix_game, smax
+from envs import dg, mamujoco, matrix_game, minari_split, smax
 
 
 class InputError(SystemExit):
@@ -32,8 +32,10 @@ REGISTRY = {
 
 
 def env_module(env_id: str):
+    if env_id.startswith(minari_split.PREFIX):  # any Minari dataset, split per agent
+        return minari_split.Task(env_id)
     if env_id not in REGISTRY:
-        raise InputError(f"unknown env id {env_id!r}; known ids: {', '.join(REGISTRY)}")
+        raise InputError(f"unknown env id {env_id!r}; known ids: {', '.join(REGISTRY)}, minari:<dataset id>")
     return REGISTRY[env_id]
 
 
