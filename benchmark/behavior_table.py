@@ -10,11 +10,14 @@ learner's env steps and seconds.
 """
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
 import numpy as np
 
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmark/...`
 from envs import mamujoco, smax
 from envs.behavior.sac import PRESETS
 

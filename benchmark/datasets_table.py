@@ -9,12 +9,16 @@ per robot and agent with the mean episode return of each Appendix-B part (D4RL-n
 """
 
 import argparse
+import sys
 import json
 from pathlib import Path
 
 import numpy as np
 
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmark/...`
 from envs import dataset, mamujoco, smax
+from envs.recipes import mamujoco as mamujoco_recipe
 
 
 def smax_rows(metas: list[dict]) -> list[str]:
@@ -31,7 +35,7 @@ def smax_rows(metas: list[dict]) -> list[str]:
 
 
 def mamujoco_rows(metas: list[dict]) -> list[str]:
-    parts = [f"part{k}_{own}_{others}" for k, (_, own, others) in enumerate(mamujoco.MIXTURE)]
+    parts = [f"part{k}_{own}_{others}" for k, (_, own, others) in enumerate(mamujoco_recipe.MIXTURE)]
     rows = ["| env id | agent | episodes | return, whole file | early (20%) | own intermediate + others expert (35%) "
             "| own expert + others intermediate (35%) | all expert (10%) | build time (all agents) |",
             "|---|---|---|---|---|---|---|---|---|"]

@@ -8,11 +8,16 @@ Prints a markdown table: win rate and mean +- std return (a win returns 20).
 """
 
 import argparse
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmark/...`
+
 import envs
+
 from envs import smax
 from envs.behavior.mappo import load_actor, sample_actions
 

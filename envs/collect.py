@@ -77,7 +77,8 @@ def main(args: Args) -> None:
     env_kwargs, recipe = envs.resolve(args.env_id, env_kwargs, recipe)
     path = dataset.dataset_path(args.dataset_dir, args.env_id, env_kwargs, recipe)
     if (path / "meta.json").exists() and not args.force:
-        print(f"{path} exists (use --force to rebuild)")
+        dataset.load(args.env_id, env_kwargs, recipe, args.dataset_dir, build_if_missing=False)  # refuses a damaged one
+        print(f"{path} exists and is whole (use --force to rebuild)")
         return
     path = dataset.build(args.env_id, env_kwargs, recipe, args.dataset_dir)
     meta = json.loads((path / "meta.json").read_text())

@@ -184,6 +184,7 @@ def build(robot: str, quality: str, n_steps: int = 1_000_000, seed: int = 0, beh
     from minari.data_collector.episode_buffer import EpisodeBuffer
 
     from envs.behavior.sac import load_actor
+    from envs.recipes.mamujoco import rollout
 
     if robot not in ROBOTS or quality not in QUALITIES:
         raise ValueError(f"--robot takes {', '.join(ROBOTS)} and --quality {', '.join(QUALITIES)}; got {robot} {quality}")
@@ -229,15 +230,6 @@ def build(robot: str, quality: str, n_steps: int = 1_000_000, seed: int = 0, beh
         ref_min_score=mamujoco.TASKS[env_id]["d4rl_random"], ref_max_score=mamujoco.TASKS[env_id]["d4rl_expert"],
     )
     return dataset_id
-
-
-def rollout(env, policy, count, episode_len, rng, progress=None):
-    """Whole episodes of `policy`, `count` transitions (the collection loop of the Appendix-B datasets)."""
-    try:
-        from envs.mamujoco import rollout as shared
-    except ImportError:  # the recipe code may live in its own module
-        from envs.recipes.mamujoco import rollout as shared
-    return shared(env, policy, count, episode_len, rng, progress)
 
 
 if __name__ == "__main__":

@@ -96,12 +96,15 @@ def test_no_temporary_folder_is_left_behind(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [dataset.dataset_path(str(tmp_path), "dg", *envs.resolve("dg", {}, TINY)).name]
 
 
-def _corrupt(tmp_path, **arrays):
+def _corrupt(tmp_path, drop=(), **arrays):
     path = dataset.build("dg", {}, TINY, str(tmp_path))
     with np.load(path / "agent_0.npz") as npz:
-        data = {k: npz[k] for k in npz.files}
+        data = {k: npz[k] for k in npz.files if k not in drop}
     data.update(arrays)
     np.savez(path / "agent_0.npz", **data)
+    meta = json.loads((path / "meta.json").read_text())  # as if built before content hashes: the checks below run
+    del meta["content_sha256"]["agent_0.npz"]
+    (path / "meta.json").write_text(json.dumps(meta))
     return path
 
 
@@ -128,10 +131,7 @@ def test_wrong_dtype_and_shape_are_refused(tmp_path):
 
 
 def test_missing_array_is_refused(tmp_path):
-    path = dataset.build("dg", {}, TINY, str(tmp_path))
-    with np.load(path / "agent_0.npz") as npz:
-        data = {k: npz[k] for k in npz.files if k != "timeouts"}
-    np.savez(path / "agent_0.npz", **data)
+    _corrupt(tmp_path, drop=("timeouts",))
     with pytest.raises(InputError, match=r"lacks arrays \['timeouts'\]"):
         dataset.load("dg", {}, TINY, str(tmp_path))
 

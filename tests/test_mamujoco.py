@@ -19,6 +19,7 @@ from gymnasium_robotics.envs.multiagent_mujoco.mujoco_multi import MultiAgentMuj
 
 import envs
 from envs import InputError, dataset, mamujoco
+from envs.recipes import mamujoco as mamujoco_recipe
 from envs.behavior.sac import SAC, Actor, ReplayBuffer, load_actor, save_actor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,7 +193,7 @@ def test_missing_behaviour_weights_name_the_training_command(tmp_path):
 
 def test_behaviour_files_load_and_foreign_files_are_refused(behavior_dir, tmp_path):
     env = envs.make("hopper-3x1")
-    actors = mamujoco.load_behavior(env, str(behavior_dir))
+    actors = mamujoco_recipe.load_behavior(env, str(behavior_dir))
     obs = torch.randn(5, env.state_dim)
     for level in mamujoco.LEVELS:
         saved, meta = load_actor(behavior_dir / "hopper-3x1" / f"{level}.pt")
@@ -203,10 +204,10 @@ def test_behaviour_files_load_and_foreign_files_are_refused(behavior_dir, tmp_pa
     shutil.copytree(behavior_dir / "hopper-3x1", tmp_path / "hopper-3x1")
     shutil.copy(behavior_dir / "ant-2x4" / "expert.pt", tmp_path / "hopper-3x1" / "expert.pt")
     with pytest.raises(InputError, match=r"expert.pt holds a ant-2x4 actor \(105 -> 8\), not one for hopper-3x1 \(11 -> 3\)"):
-        mamujoco.load_behavior(env, str(tmp_path))
+        mamujoco_recipe.load_behavior(env, str(tmp_path))
     (tmp_path / "hopper-3x1" / "expert.pt").write_bytes(b"not a torch file")
     with pytest.raises(InputError, match="cannot read .*expert.pt"):
-        mamujoco.load_behavior(env, str(tmp_path))
+        mamujoco_recipe.load_behavior(env, str(tmp_path))
 
 
 def test_actor_files_are_small(tmp_path):
@@ -255,7 +256,7 @@ def test_summary_in_meta_gives_each_parts_mean_return(noisy_hopper):
 
 def test_own_actions_follow_the_mixture_with_small_noise(noisy_hopper, behavior_dir):
     _, (env, data, _) = noisy_hopper
-    actors = mamujoco.load_behavior(env, str(behavior_dir))
+    actors = mamujoco_recipe.load_behavior(env, str(behavior_dir))
     for agent_id, d in data.items():
         obs = torch.as_tensor(d["obs"])
         with torch.no_grad():
@@ -280,7 +281,7 @@ def test_other_agents_play_the_right_policies(exact_hopper, behavior_dir):
     v5 env with the joint action the mixture prescribes reproduces (r, s'); swapping the
     roles of agent i and the others does not."""
     env, data, _ = exact_hopper
-    actors = mamujoco.load_behavior(env, str(behavior_dir))
+    actors = mamujoco_recipe.load_behavior(env, str(behavior_dir))
     sim = gym.make("Hopper-v5").unwrapped
     sim.reset(seed=0)
 
@@ -312,9 +313,9 @@ def test_other_agents_play_the_right_policies(exact_hopper, behavior_dir):
 
 def test_ant_actions_are_agent_is_own_dims(behavior_dir):
     env = envs.make("ant-2x4")
-    d = mamujoco.collect(env, 1, n_transitions=300, seed=0, noise_std=0.0, episode_len=1000, behavior_dir=str(behavior_dir))
+    d = mamujoco_recipe.collect(env, 1, n_transitions=300, seed=0, noise_std=0.0, episode_len=1000, behavior_dir=str(behavior_dir))
     rows = d["mixture_part"] == 3  # all expert, no noise
-    actors = mamujoco.load_behavior(env, str(behavior_dir))
+    actors = mamujoco_recipe.load_behavior(env, str(behavior_dir))
     with torch.no_grad():
         expert = actors["expert"].act(torch.as_tensor(d["obs"][rows])).numpy()
     assert d["actions"].shape == (300, 4)
@@ -323,9 +324,9 @@ def test_ant_actions_are_agent_is_own_dims(behavior_dir):
 
 def test_collection_is_reproducible_from_its_seed(behavior_dir):
     env = envs.make("hopper-3x1")
-    first = mamujoco.collect(env, 0, n_transitions=500, seed=3, noise_std=0.1, episode_len=1000, behavior_dir=str(behavior_dir))
-    second = mamujoco.collect(env, 0, n_transitions=500, seed=3, noise_std=0.1, episode_len=1000, behavior_dir=str(behavior_dir))
-    other = mamujoco.collect(env, 1, n_transitions=500, seed=3, noise_std=0.1, episode_len=1000, behavior_dir=str(behavior_dir))
+    first = mamujoco_recipe.collect(env, 0, n_transitions=500, seed=3, noise_std=0.1, episode_len=1000, behavior_dir=str(behavior_dir))
+    second = mamujoco_recipe.collect(env, 0, n_transitions=500, seed=3, noise_std=0.1, episode_len=1000, behavior_dir=str(behavior_dir))
+    other = mamujoco_recipe.collect(env, 1, n_transitions=500, seed=3, noise_std=0.1, episode_len=1000, behavior_dir=str(behavior_dir))
     for key in first:
         np.testing.assert_array_equal(first[key], second[key])
     assert not np.array_equal(first["states"][:100], other["states"][:100])  # the early parts: same policies, own episodes
@@ -333,7 +334,7 @@ def test_collection_is_reproducible_from_its_seed(behavior_dir):
 
 def test_short_episode_limit_ends_in_timeouts(behavior_dir):
     env = envs.make("ant-2x4")
-    d = mamujoco.collect(env, 0, n_transitions=200, seed=0, noise_std=0.1, episode_len=30, behavior_dir=str(behavior_dir))
+    d = mamujoco_recipe.collect(env, 0, n_transitions=200, seed=0, noise_std=0.1, episode_len=30, behavior_dir=str(behavior_dir))
     ends = np.flatnonzero(d["dones"] | d["timeouts"])
     assert (np.diff(ends, prepend=-1) <= 30).all()
     assert d["timeouts"].sum() >= 200 // 30

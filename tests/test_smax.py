@@ -12,6 +12,7 @@ import pytest
 
 import envs
 from envs import InputError, dataset, smax
+from envs.recipes import smax as smax_recipe
 
 STOP = 4
 
@@ -49,7 +50,7 @@ def test_registered_3s_maps(env_id, allies, enemies, enemy_type):
 
 
 def test_bad_options():
-    with pytest.raises(InputError, match="max_steps"):
+    with pytest.raises(InputError, match="--max-steps must be > 0"):
         envs.make("smax-3m", max_steps=0)
     with pytest.raises(InputError, match="no env option"):
         envs.make("smax-3m", obs="full")
@@ -115,7 +116,7 @@ def test_random_dataset_build_validate_and_summary(env, tmp_path):
     assert meta["versions"]["jaxmarl"] and meta["versions"]["jax"] and meta["discrete"]
     _, data, _ = dataset.load("smax-3m", recipe=dict(quality="random", n_episodes=20), dataset_dir=str(tmp_path), build_if_missing=False)
     for i, d in data.items():
-        summary = smax.dataset_summary(d)
+        summary = smax_recipe.dataset_summary(d)
         assert summary["episodes"] == 20 and summary["transitions"] == len(d["rewards"]) and summary["win_rate"] == 0.0
         assert d["avail_actions"][np.arange(len(d["actions"])), d["actions"]].all()  # masks never violated
         assert d["avail_actions"][:, STOP].all() and d["next_avail_actions"][:, STOP].all()
@@ -183,7 +184,7 @@ def write_fake_replay(folder: Path, env, lengths_per_stream, chunk_len):
 def test_replay_episodes_are_whole_and_spread(env, tmp_path):
     lengths = [[3, 5, 2, 7, 4, 3], [4, 4, 4, 4, 4, 4], [6, 6, 6, 6], [2, 10, 4, 4, 4]]  # 24 steps per stream
     write_fake_replay(tmp_path / "replay", env, lengths, chunk_len=5)  # episodes cross chunk files
-    data = smax.replay_episodes(env, 0, 5, tmp_path / "replay")  # agent 0 owns streams 0 and 3
+    data = smax_recipe.replay_episodes(env, 0, 5, tmp_path / "replay")  # agent 0 owns streams 0 and 3
     ends = np.flatnonzero(data["dones"] | data["timeouts"])
     starts = np.r_[0, ends[:-1] + 1]
     assert len(ends) == 5  # stream 0 loses its cut first episode: 5 + 5 whole episodes, 5 chosen
@@ -192,7 +193,7 @@ def test_replay_episodes_are_whole_and_spread(env, tmp_path):
         assert len(set(data["obs"][s : e + 1, 0])) == 1
     assert data["dones"].sum() + data["timeouts"].sum() == 5
     with pytest.raises(InputError, match="holds 10 whole training episodes of agent 0"):
-        smax.replay_episodes(env, 0, 11, tmp_path / "replay")
+        smax_recipe.replay_episodes(env, 0, 11, tmp_path / "replay")
 
 
 def save_tiny_actor(folder: Path, env, level: str, seed: int) -> None:
@@ -213,7 +214,7 @@ def test_actor_datasets_respect_masks(env, tmp_path, quality):
     _, data, meta = dataset.load("smax-3m", recipe=recipe, dataset_dir=str(tmp_path / "data"))
     assert meta["fingerprint"] is not None
     for d in data.values():
-        assert smax.dataset_summary(d)["episodes"] == 30
+        assert smax_recipe.dataset_summary(d)["episodes"] == 30
         assert d["avail_actions"][np.arange(len(d["actions"])), d["actions"]].all()
     # the actor file changes -> the dataset built from the old one is refused
     save_tiny_actor(tmp_path / "weights", env, quality, seed=8)
@@ -227,4 +228,4 @@ def test_foreign_actor_is_refused(env, tmp_path):
     (tmp_path / "smax-3m").mkdir()
     (tmp_path / "smax-3s_vs_4z" / "expert.npz").rename(tmp_path / "smax-3m" / "expert.npz")
     with pytest.raises(InputError, match="holds an actor for smax-3s_vs_4z"):
-        smax.collect(env, 0, "expert", 1, 0, 0.2, str(tmp_path), "")
+        smax_recipe.collect(env, 0, "expert", 1, 0, 0.2, str(tmp_path), "")

@@ -1,0 +1,1 @@
+"""Dataset recipes: the code that runs behaviour policies in the adapters to build datasets."""
