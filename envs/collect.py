@@ -80,7 +80,7 @@ def main(args: Args) -> None:
         dataset.load(args.env_id, env_kwargs, recipe, args.dataset_dir, build_if_missing=False)  # refuses a damaged one
         print(f"{path} exists and is whole (use --force to rebuild)")
         return
-    path = dataset.build(args.env_id, env_kwargs, recipe, args.dataset_dir)
+    path = dataset.build(args.env_id, env_kwargs, recipe, args.dataset_dir, replace=args.force)
     meta = json.loads((path / "meta.json").read_text())
     for agent_id, summary in enumerate(meta.get("summary") or []):
         print(f"agent {agent_id}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in summary.items()))

@@ -95,8 +95,10 @@ def _fingerprint(module, recipe: dict) -> str | None:
     return module.fingerprint(recipe) if hasattr(module, "fingerprint") else None
 
 
-def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None, dataset_dir: str | None = None) -> Path:
-    """Collect every agent's dataset (each from its own episodes) and write the folder atomically."""
+def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None, dataset_dir: str | None = None,
+          replace: bool = False) -> Path:
+    """Collect every agent's dataset (each from its own episodes) and write the folder atomically; an existing
+    folder is kept unless `replace` (`python -m envs.collect --force`)."""
     env_kwargs, recipe = envs.resolve(env_id, env_kwargs, recipe)
     module = envs.env_module(env_id)
     env = envs.make(env_id, **env_kwargs)
@@ -140,9 +142,13 @@ def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = Non
             content_sha256=hashes,
         )
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        if path.exists():
+        if path.exists() and replace:
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process built the same recipe meanwhile (a grid starting two runs): same seed, same data
+            if not (path / "meta.json").exists():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path

@@ -1,0 +1,1 @@
+"""Benchmarks, reproduction grids and reports (run as `python -m benchmark.<name>`)."""

@@ -1,0 +1,152 @@
+"""The paper's tables as data: which script, env, flags, seeds and steps make each cell.
+
+A table is a list of groups; a group is one environment setting (a row block of the paper's
+table) run with every method of the group over seeds. A run is named
+`<table>/<group>__<method>__s<seed>` under `runs/grid/`, so a rerun finds it. `paper` holds
+the paper's number for each (group, method), as printed there, for the report.
+"""
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Group:
+    name: str  # the row of the paper's table, also the run-name prefix
+    flags: list[str]  # env and dataset flags common to the group's methods
+    methods: dict[str, tuple[str, list[str]]]  # method -> (script, its flags)
+    steps: dict[str, int]  # scale -> --total-steps
+    seeds: dict[str, list[int]]  # scale -> seeds
+    metric: str = "team_return"  # what the report tabulates (results.json `final`)
+    extra_metrics: tuple[str, ...] = ()
+    paper: dict[str, str] = field(default_factory=dict)  # method -> the paper's number
+
+
+@dataclass
+class Table:
+    title: str
+    groups: list[Group]
+    note: str = ""
+
+
+SEEDS3 = {"reduced": [1, 2, 3], "paper": [1, 2, 3, 4, 5]}
+SEEDS5 = {"reduced": [1, 2, 3, 4, 5], "paper": [1, 2, 3, 4, 5]}
+
+
+def _table2_4() -> Table:
+    methods = {"BCQ": ("mabcq_discrete.py", ["--no-vd", "--no-tn"]), "BCQ w/ lambda_vd": ("mabcq_discrete.py", ["--no-tn"]),
+               "MABCQ": ("mabcq_discrete.py", [])}
+    return Table("Tables 2-4: the matrix game (payoff of the learned joint action)", [Group(
+        "matrix-game", ["--env-id", "matrix-game", "--tn-estimator", "count"], methods,
+        steps={"reduced": 30_000, "paper": 30_000}, seeds=SEEDS3,
+        paper={"BCQ": "5 (a1, a2)", "BCQ w/ lambda_vd": "1 (a2, a2)", "MABCQ": "6 (a2, a1)"})],
+        note="Exact count estimator of lambda_tn (the paper's VAE estimator does not reproduce Table 4, docs/mabcq_discrete.md).")
+
+
+def _table9() -> Table:
+    methods = {"MATD3+BC": ("matd3bc.py", []), "TD3+BC": ("matd3bc.py", ["--no-vd", "--no-tn"])}
+    common = ["--env-id", "dg", "--eval-freq", "2500"]
+    return Table("Table 9: differential game (team return of a 100-step episode)", [
+        Group("dg-full", [*common, "--obs", "full"], methods, {"reduced": 30_000, "paper": 30_000}, SEEDS5,
+              paper={"MATD3+BC": "46.5 ± 0.9", "TD3+BC": "38.9 ± 0.8"}),
+        Group("dg-partial", [*common, "--obs", "partial"], methods, {"reduced": 100_000, "paper": 100_000}, SEEDS5,
+              paper={"MATD3+BC": "31.4 ± 0.6", "TD3+BC": "20.7 ± 0.6"}),
+    ], note="Steps as in docs/matd3bc.md: 30k (full observation), 100k (partial).")
+
+
+def _fig1c() -> Table:
+    methods = {f"epsilon {e}": ("matd3bc.py", ["--epsilon", e]) for e in ("0.1", "0.5", "0.9", "0.99")}
+    methods["TD3+BC"] = ("matd3bc.py", ["--no-vd", "--no-tn"])
+    return Table("Figure 1c: MATD3+BC's optimism level epsilon on the differential game (full observation)", [
+        Group("dg-full", ["--env-id", "dg", "--obs", "full", "--eval-freq", "2500"], methods,
+              {"reduced": 30_000, "paper": 30_000}, SEEDS3)])
+
+
+def _table5() -> Table:
+    rows = {"MABCQ": [], "BCQ w/ lambda_vd": ["--no-tn"], "BCQ w/ lambda_tn": ["--no-vd"], "BCQ": ["--no-vd", "--no-tn"],
+            "DDPG": ["--ddpg"], "Behavior": ["--behavior"]}
+    paper = {  # Table 5, normalised scores
+        "halfcheetah-2x3": ["17.6 ± 3.3", "13.3 ± 4.8", "13.4 ± 6.5", "13.4 ± 5.2", "-3.1 ± 3.6", "11.3 ± 2.8"],
+        "walker2d-2x3": ["54.4 ± 5.6", "50.1 ± 11.0", "41.2 ± 17.8", "28.8 ± 14.4", "1.7 ± 0.9", "10.0 ± 0.8"],
+        "hopper-3x1": ["43.1 ± 14.2", "34.1 ± 8.2", "19.8 ± 8.7", "18.0 ± 3.4", "9.0 ± 15.3", "10.7 ± 2.3"],
+        "ant-2x4": ["60.5 ± 3.6", "59.7 ± 4.9", "62.9 ± 2.1", "51.5 ± 12.7", "-48.4 ± 1.3", "19.3 ± 4.5"],
+    }
+    groups = []
+    for env_id in ("halfcheetah-2x3", "hopper-3x1", "walker2d-2x3", "ant-2x4"):
+        names = list(rows) if env_id in ("halfcheetah-2x3", "hopper-3x1") else ["MABCQ", "BCQ"]
+        groups.append(Group(env_id, ["--env-id", env_id, "--eval-freq", "5000", "--eval-episodes", "10"],
+                            {m: ("mabcq_continuous.py", rows[m]) for m in names},
+                            {"reduced": 50_000, "paper": 300_000}, SEEDS3, metric="normalized_score",
+                            extra_metrics=("value_difference", "extrapolation_error"),
+                            paper={m: paper[env_id][list(rows).index(m)] for m in names}))
+    return Table("Table 5: multi-agent MuJoCo (D4RL-normalised score)", groups,
+                 note="The paper does not state its steps; 'paper' scale here is 3e5 gradient steps, our choice.")
+
+
+def _table8() -> Table:
+    methods = {"MABCQ": ("mabcq_discrete.py", []), "BCQ": ("mabcq_discrete.py", ["--no-vd", "--no-tn"]),
+               "MACQL": ("macql.py", []), "CQL": ("macql.py", ["--no-vd", "--no-tn"])}
+    paper = {  # Table 8: MABCQ, BCQ, MACQL, CQL
+        ("random", "3m"): ["4.0 ± 1.1", "0 ± 0", "13.5 ± 1.5", "9.3 ± 3.0"], ("random", "8m"): ["4.5 ± 0.9", "0.8 ± 0.2", "8.2 ± 1.1", "6.6 ± 1.2"],
+        ("random", "3s_vs_3z"): ["8.1 ± 0.7", "0 ± 0", "10.2 ± 0.8", "10.1 ± 0.4"], ("random", "3s_vs_4z"): ["4.1 ± 1.5", "0 ± 0", "5.7 ± 0.6", "6.7 ± 0.2"],
+        ("medium", "3m"): ["8.9 ± 1.3", "7.8 ± 0.4", "15.1 ± 1.8", "13.8 ± 1.4"], ("medium", "8m"): ["7.6 ± 0.8", "4.5 ± 1.2", "14.5 ± 1.5", "12.4 ± 0.6"],
+        ("medium", "3s_vs_3z"): ["8.7 ± 1.1", "3.9 ± 0.6", "9.3 ± 0.9", "8.9 ± 0.6"], ("medium", "3s_vs_4z"): ["4.3 ± 0.5", "0 ± 0", "6.1 ± 0.7", "6.8 ± 1.8"],
+        ("replay", "3m"): ["13.2 ± 0.2", "12.7 ± 0.7", "13.8 ± 0.4", "13.5 ± 0.6"], ("replay", "8m"): ["15.2 ± 1.0", "14.3 ± 0.9", "17.9 ± 0.4", "16.3 ± 0.4"],
+        ("replay", "3s_vs_3z"): ["19.4 ± 0.4", "19.8 ± 0.3", "20.0 ± 0.0", "20.0 ± 0.0"], ("replay", "3s_vs_4z"): ["5.3 ± 0.6", "5.3 ± 0.9", "5.9 ± 0.3", "5.2 ± 0.7"],
+        ("expert", "3m"): ["18.8 ± 0.7", "18.3 ± 1.1", "18.9 ± 0.5", "19.1 ± 0.5"], ("expert", "8m"): ["17.0 ± 0.8", "17.5 ± 1.1", "18.5 ± 1.2", "18.3 ± 1.1"],
+        ("expert", "3s_vs_3z"): ["19.1 ± 0.5", "19.0 ± 0.6", "19.2 ± 0.6", "19.1 ± 0.6"], ("expert", "3s_vs_4z"): ["5.6 ± 0.9", "5.4 ± 1.1", "6.8 ± 0.7", "6.5 ± 0.9"],
+    }
+    groups = []
+    for quality in ("random", "medium", "replay", "expert"):  # 3m and 3s_vs_3z first: they finish first
+        for smax_map in ("3m", "3s_vs_3z", "8m", "3s_vs_4z"):
+            groups.append(Group(f"{quality}-{smax_map}", ["--env-id", f"smax-{smax_map}", "--quality", quality, "--eval-freq", "5000"],
+                                methods, {"reduced": 30_000, "paper": 100_000}, SEEDS3, extra_metrics=("win_rate",),
+                                paper=dict(zip(methods, paper[(quality, smax_map)]))))
+    return Table("Table 8: SMAC on SMAX (team return, a win returns 20)", groups,
+                 note="The paper's SMAC runs the StarCraft II engine and QMIX behaviour policies; here SMAX and MAPPO (docs/datasets.md).")
+
+
+def _table10() -> Table:
+    joints = {"halfcheetah": 6, "hopper": 3, "walker2d": 6}
+    paper = {  # Table 10: MATD3+BC, TD3+BC, TD3+BC (single)
+        ("random", "halfcheetah"): ["14.3 ± 2.9", "12.9 ± 2.6", "10.2 ± 1.3"], ("random", "hopper"): ["10.3 ± 0.6", "10.4 ± 0.8", "11.0 ± 0.1"],
+        ("random", "walker2d"): ["4.5 ± 3.4", "3.7 ± 3.0", "1.4 ± 1.6"],
+        ("medium", "halfcheetah"): ["41.5 ± 2.4", "40.4 ± 2.4", "42.8 ± 0.3"], ("medium", "hopper"): ["97.1 ± 1.7", "98.7 ± 1.2", "99.5 ± 1.0"],
+        ("medium", "walker2d"): ["82.0 ± 5.1", "72.3 ± 4.1", "79.7 ± 1.8"],
+        ("medium-expert", "halfcheetah"): ["96.2 ± 5.5", "95.3 ± 6.5", "97.9 ± 4.4"], ("medium-expert", "hopper"): ["112.0 ± 0.8", "112.3 ± 0.9", "112.2 ± 0.2"],
+        ("medium-expert", "walker2d"): ["88.9 ± 17.4", "82.0 ± 10.8", "105.7 ± 2.7"],
+    }
+    groups = []
+    for quality in ("random", "medium", "expert", "medium-expert"):
+        for robot, n in joints.items():
+            methods = {"MATD3+BC": ("matd3bc.py", []), "TD3+BC": ("matd3bc.py", ["--no-vd", "--no-tn"]),
+                       "TD3+BC (single)": ("matd3bc.py", ["--no-vd", "--no-tn", "--partition", f"1x{n}"])}
+            groups.append(Group(f"{quality}-{robot}", ["--env-id", f"minari:odmarl/{robot}/{quality}-v0", "--eval-freq", "10000",
+                                                       "--eval-episodes", "10", "--batch-size", "256"],
+                                methods, {"reduced": 100_000, "paper": 1_000_000}, SEEDS3, metric="normalized_score",
+                                paper=dict(zip(methods, paper.get((quality, robot), ["-"] * 3)))))
+    return Table("Table 10: D4RL-like Minari datasets split per agent (D4RL-normalised score)", groups,
+                 note="Datasets built here from the shipped SAC actors (envs/minari_split.py; D4RL itself is not reachable). "
+                      "The paper's 'replay' rows need a replay buffer we do not have; 'expert' has no paper number.")
+
+
+def _fig1d() -> Table:
+    methods = {"MATD3+BC": ("matd3bc.py", []), "TD3+BC": ("matd3bc.py", ["--no-vd", "--no-tn"])}
+    return Table("Figure 1d: cooperative navigation (learning curves)", [
+        Group("cn", ["--env-id", "cn", "--eval-freq", "5000"], methods, {"reduced": 100_000, "paper": 1_000_000}, SEEDS3)])
+
+
+TABLES = {"table2-4": _table2_4, "table9": _table9, "fig1c": _fig1c, "table5": _table5, "table8": _table8,
+          "table10": _table10, "fig1d": _fig1d}
+
+
+def load(name: str, spec_file: str | None = None) -> Table:
+    """A table by name, or a small one from a JSON file (tests, quick experiments) with the fields above."""
+    if spec_file is not None:
+        import json
+
+        raw = json.loads(open(spec_file).read())
+        groups = [Group(**{**g, "methods": {m: tuple(v) for m, v in g["methods"].items()}}) for g in raw["groups"]]
+        return Table(raw.get("title", name), groups, raw.get("note", ""))
+    if name not in TABLES:
+        raise SystemExit(f"error: unknown table {name!r}; known: {', '.join(TABLES)}")
+    return TABLES[name]()
