@@ -23,6 +23,8 @@ TINY = {
                    "--batch-size", "16", "--analysis-states", "100"],
     "mabcq_discrete.py": ["--n-episodes", "500", "--vae-steps", "30", "--eval-episodes", "4", "--hidden-dim", "16",
                           "--batch-size", "16"],
+    "macql.py": ["--env-id", "matrix-game", "--n-episodes", "500", "--vae-steps", "30", "--eval-episodes", "4",
+                 "--hidden-dim", "16", "--batch-size", "16"],
 }
 SCHEDULE = ["--total-steps", "1300", "--eval-freq", "400", "--checkpoint-freq", "170"]
 TIMING = ("seconds", "train_seconds", "updates_per_second")
@@ -154,6 +156,8 @@ def test_foreign_files_and_missing_devices_are_refused(script, tmp_path):
         flags = ["--checkpoints", *[str(tmp_path / path)] * n_agents]
         if script == "mabcq_continuous.py":
             flags += ["--env-id", "hopper-3x1"]
+        if script == "macql.py":
+            flags += ["--env-id", "matrix-game"]
         assert what in one_line_error(run_script(script, tmp_path, *flags, check=False))
     assert "no readable results.json" in one_line_error(run_script(script, tmp_path, "--resume", str(tmp_path), check=False))
     if not torch.cuda.is_available():
