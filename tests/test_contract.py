@@ -23,11 +23,13 @@ TINY = {
                    "--batch-size", "16", "--analysis-states", "100"],
     "mabcq_discrete.py": ["--n-episodes", "500", "--vae-steps", "30", "--eval-episodes", "4", "--hidden-dim", "16",
                           "--batch-size", "16"],
+    "mabcq_continuous.py": ["--env-id", "hopper-3x1", "--n-transitions", "300", "--vae-steps", "20", "--eval-episodes", "1",
+                            "--hidden-dim", "8", "--batch-size", "16", "--n-samples", "2", "--analysis-states", "50"],
     "macql.py": ["--env-id", "matrix-game", "--n-episodes", "500", "--vae-steps", "30", "--eval-episodes", "4",
                  "--hidden-dim", "16", "--batch-size", "16"],
 }
 SCHEDULE = ["--total-steps", "1300", "--eval-freq", "400", "--checkpoint-freq", "170"]
-TIMING = ("seconds", "train_seconds", "updates_per_second")
+TIMING = ("seconds", "train_seconds", "updates_per_second", "ms_per_update")
 
 
 def popen(script, cwd, *flags):

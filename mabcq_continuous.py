@@ -1,0 +1,989 @@
+# docs and experiment results: docs/mabcq_continuous.md
+"""MABCQ (continuous): BCQ (Fujimoto, Meger & Precup, 2019) with the value deviation and transition
+normalisation weights of "Offline Decentralized Multi-Agent Reinforcement Learning" (Jiang & Lu,
+ECAI 2023, arXiv 2108.01832), Section 3.4 and Algorithm 1 -- and every other row of its Table 5.
+
+Every agent i is an independent offline learner on its own dataset B_i of (s, a_i, r, s', done):
+its own generative model G1 (a conditional VAE), perturbation model xi, twin critics, G2 and
+optimiser state; no parameter sharing, no communication. All N learners are stored as one
+batched ensemble (a leading agent dimension on every weight), mathematically N separate learners.
+
+    python mabcq_continuous.py --env-id hopper-3x1                      # MABCQ
+    python mabcq_continuous.py --env-id hopper-3x1 --no-tn              # BCQ w/ lambda_vd
+    python mabcq_continuous.py --env-id hopper-3x1 --no-vd              # BCQ w/ lambda_tn
+    python mabcq_continuous.py --env-id hopper-3x1 --no-vd --no-tn      # BCQ
+    python mabcq_continuous.py --env-id hopper-3x1 --ddpg               # DDPG: no generator, no bound, no weights
+    python mabcq_continuous.py --env-id hopper-3x1 --behavior           # Behavior: G1's decoder acts, no Q
+    python mabcq_continuous.py --resume runs/<run_name>                 # continue a killed run
+
+Sections: Args -> the algorithm (networks, lambda weights, losses) -> evaluation -> data
+plumbing -> the run contract (docs/results.md, the same in every script) -> main.
+"""
+
+import atexit
+import contextlib
+import json
+import os
+import platform
+import random
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields, replace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import tyro
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import envs
+from envs import InputError
+from envs import dataset as datasets
+from envs import mamujoco
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (agent i draws everything from the stream [seed, i])"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, train on CUDA (refused when torch sees no CUDA device)"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights and Biases"""
+    wandb_project_name: str = "offline-decentralized-marl"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    save_model: bool = False
+    """whether to save one checkpoint per agent into `runs/{run_name}`"""
+    run_name: str | None = None
+    """the run folder under runs/ (None: `{env_id}__{exp_name}{variant}__{seed}__{time}`; may contain `/`)"""
+    resume: str | None = None
+    """continue the run in this folder (e.g. `runs/<run_name>`) from its checkpoint, with its flags"""
+    checkpoint_freq: int = 0
+    """write the training state every this many steps (0: at every evaluation)"""
+    threads: int = 0
+    """torch threads (0: share the cores with the other runs on this machine, see docs/results.md)"""
+
+    # Algorithm specific arguments
+    env_id: str = "hopper-3x1"
+    """the environment id: halfcheetah-2x3, walker2d-2x3, hopper-3x1, ant-2x4 (see `envs.REGISTRY`)"""
+    dataset_dir: str = datasets.default_dataset_dir()
+    """root folder of the datasets (built there if absent; env var ODMARL_DATASET_DIR)"""
+    n_transitions: int | None = None
+    """transitions per agent in the dataset (None: the recipe's 1e6)"""
+    agent_ids: str | None = None
+    """comma-separated agents to train, e.g. `0`; only their dataset files are read (None: all)"""
+    checkpoints: tuple[str, ...] = ()
+    """evaluate a team assembled from these per-agent checkpoints (one per agent, in order) and exit"""
+    total_steps: int = 50_000
+    """gradient steps per agent (50k: the reduced scale of docs/mabcq_continuous.md)"""
+    eval_freq: int = 5_000
+    """evaluate the team every this many steps"""
+    eval_episodes: int = 10
+    """evaluation episodes per evaluation (run side by side)"""
+    batch_size: int = 1024
+    """the batch size of each agent (ECAI Appendix B on MuJoCo; BCQ's code: 100)"""
+    hidden_dim: int = 64
+    """the width of every (hidden, hidden) MLP (ECAI: 64; BCQ's code: 400-300 critics, 750-750 VAE)"""
+    q_learning_rate: float = 1e-3
+    """the learning rate of the critics (ECAI Table 12 and BCQ)"""
+    xi_learning_rate: float = 1e-4
+    """the learning rate of the perturbation model xi (ECAI Table 12; BCQ's code: 1e-3)"""
+    g_learning_rate: float = 1e-4
+    """the learning rate of the generative models G1 and G2 (ECAI Table 12; BCQ's code: Adam's 1e-3)"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    tau: float = 0.005
+    """target smoothing coefficient"""
+    phi: float = 0.05
+    """the perturbation bound Phi, a share of the action range [-1, 1]"""
+    lmbda: float = 0.75
+    """BCQ's soft clipped double Q: lmbda * min + (1 - lmbda) * max of the twin critics"""
+    n_samples: int = 10
+    """actions sampled from G1 (and perturbed) for the target value and for acting"""
+    epsilon: float | None = None
+    """optimism level: lambda_vd is clipped to [1 - epsilon, 1 + epsilon] (None: the env's preset, PRESETS)"""
+    no_vd: bool = False
+    """switch off the value deviation weight lambda_vd"""
+    no_tn: bool = False
+    """switch off the transition normalisation weight lambda_tn"""
+    ddpg: bool = False
+    """Table 5's DDPG row: a deterministic actor maximising Q, no generator, no perturbation bound, no weights"""
+    behavior: bool = False
+    """Table 5's Behavior row: act with G1's decoder (z = 0), no Q-learning; G1 trains for --total-steps"""
+    train_generator: bool = False
+    """keep training G1 during Q-learning, as BCQ's code does (default: fitted first, then frozen, Algorithm 1)"""
+    vae_steps: int = 10_000
+    """gradient steps of G1 and G2 before Q-learning (lambda_tn is computed once from them)"""
+    vae_latent_dim: int = 10
+    """the latent size of G1 and G2 (ECAI: 10; BCQ's code: 2 x the action size)"""
+    analysis_states: int = 10_000
+    """states sampled from the union of the agents' data for the value-difference metric"""
+
+
+# the paper's optimism level per task (Appendix B); other envs use 0.8
+PRESETS = {"halfcheetah-2x3": dict(epsilon=0.80), "walker2d-2x3": dict(epsilon=0.48), "hopper-3x1": dict(epsilon=0.80),
+           "ant-2x4": dict(epsilon=0.64)}
+DEFAULT_EPSILON = 0.8
+
+
+def check_args(args: Args) -> None:
+    """Every flag's range, before anything is read or written."""
+    if not 0 <= args.epsilon <= 1:
+        raise InputError(f"--epsilon must lie in [0, 1] (lambda_vd is clipped to [1 - eps, 1 + eps]), got {args.epsilon}")
+    if args.ddpg and args.behavior:
+        raise InputError("--ddpg and --behavior are two rows of Table 5; pick one")
+    for name, low, high in (("tau", 0, 1), ("gamma", 0, 1), ("lmbda", 0, 1), ("phi", 0, 1)):
+        value = getattr(args, name)
+        if not (low < value <= high if name in ("tau", "phi") else low <= value < high if name == "gamma" else low <= value <= high):
+            raise InputError(f"--{name} must lie in [{low}, {high}], got {value}")
+    for name in ("total_steps", "vae_steps", "checkpoint_freq", "threads"):
+        if getattr(args, name) < 0:
+            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    for name in ("eval_freq", "eval_episodes", "batch_size", "hidden_dim", "n_samples", "vae_latent_dim", "analysis_states",
+                 "q_learning_rate", "xi_learning_rate", "g_learning_rate"):
+        if getattr(args, name) <= 0:
+            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+
+
+def algorithm(args: Args) -> tuple[str, str]:
+    """The paper's name of what the flags make (results.json `algorithm`) and the run-name variant."""
+    if args.ddpg:
+        return "DDPG", "-ddpg"
+    if args.behavior:
+        return "Behavior", "-behavior"
+    variant = "".join(f"-{flag}" for flag in ("no_vd", "no_tn") if getattr(args, flag))
+    weights = [w for w, off in (("lambda_vd", args.no_vd), ("lambda_tn", args.no_tn)) if not off]
+    name = "MABCQ" if len(weights) == 2 else "BCQ" + (f" w/ {weights[0]}" if weights else "")
+    return name, variant
+
+
+def agent_generators(seed: int, agent_ids: list[int], device) -> list[torch.Generator]:
+    """One random stream per agent, seeded by (seed, agent id): what agent i draws never
+    depends on which other agents train in the same process."""
+    return [
+        torch.Generator(device).manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+        for i in agent_ids
+    ]
+
+
+def randn(generators, *shape, device) -> torch.Tensor:  # [n_agents, *shape]
+    return torch.stack([torch.randn(*shape, generator=g, device=device) for g in generators])
+
+
+# ALGO LOGIC: the networks, one member per agent (or per agent and twin)
+class VectorizedLinear(nn.Module):
+    """Independent linear layers, one per ensemble member: weight [members, in, out], input [members, batch, in].
+
+    `twins` members per agent are stored twin-major (member k * n_agents + i), so the first
+    n_agents members are every agent's first twin."""
+
+    def __init__(self, in_features, out_features, generators, twins=1, device=None):
+        super().__init__()
+        bound = 1 / np.sqrt(in_features)  # nn.Linear's default init, drawn from each agent's own stream
+        weights, biases = [], []
+        for _ in range(twins):
+            for g in generators:
+                weights.append((torch.rand(in_features, out_features, generator=g, device=device) * 2 - 1) * bound)
+                biases.append((torch.rand(1, out_features, generator=g, device=device) * 2 - 1) * bound)
+        self.weight = nn.Parameter(torch.stack(weights))
+        self.bias = nn.Parameter(torch.stack(biases))
+
+    def forward(self, x, members=None):
+        if members is None:
+            return torch.baddbmm(self.bias, x, self.weight)
+        return torch.baddbmm(self.bias[members], x, self.weight[members])
+
+
+class MLP(nn.Module):
+    """(hidden, hidden) ReLU MLP of VectorizedLinear layers; `members` picks a slice of the ensemble."""
+
+    def __init__(self, in_dim, out_dim, hidden_dim, generators, twins=1, device=None):
+        super().__init__()
+        self.layers = nn.ModuleList([
+            VectorizedLinear(in_dim, hidden_dim, generators, twins, device),
+            VectorizedLinear(hidden_dim, hidden_dim, generators, twins, device),
+            VectorizedLinear(hidden_dim, out_dim, generators, twins, device),
+        ])
+
+    def forward(self, x, members=None):
+        for layer in self.layers[:-1]:
+            x = torch.relu_(layer(x, members))
+        return self.layers[-1](x, members)
+
+
+class Perturbation(nn.Module):
+    """BCQ's perturbation model xi_phi(s, a): a + Phi * tanh(MLP(s, a)), kept in the action range [-1, 1]."""
+
+    def __init__(self, obs_dim, act_dim, hidden_dim, phi, generators, device=None):
+        super().__init__()
+        self.net = MLP(obs_dim + act_dim, act_dim, hidden_dim, generators, device=device)
+        self.phi = phi
+
+    def forward(self, obs, act):  # [n_agents, batch, *] -> [n_agents, batch, act_dim]
+        return (act + self.phi * torch.tanh(self.net(torch.cat([obs, act], -1)))).clamp(-1, 1)
+
+
+class DeterministicActor(nn.Module):
+    """The DDPG row's actor: tanh(MLP(s)), no generator, no perturbation bound."""
+
+    def __init__(self, obs_dim, act_dim, hidden_dim, generators, device=None):
+        super().__init__()
+        self.net = MLP(obs_dim, act_dim, hidden_dim, generators, device=device)
+
+    def forward(self, obs):
+        return torch.tanh(self.net(obs))
+
+
+class TwinCritic(nn.Module):
+    """Both critics of every agent in one ensemble of 2N members."""
+
+    def __init__(self, obs_dim, act_dim, hidden_dim, generators, device=None):
+        super().__init__()
+        self.net = MLP(obs_dim + act_dim, 1, hidden_dim, generators, twins=2, device=device)
+
+    def forward(self, obs, act):  # [n_agents, batch, *] -> [2, n_agents, batch]
+        n, b, _ = obs.shape
+        return self.net(torch.cat([obs, act], -1).repeat(2, 1, 1)).view(2, n, b)
+
+    def q1(self, obs, act):  # the first twin only: [n_agents, batch]
+        n, b, _ = obs.shape
+        return self.net(torch.cat([obs, act], -1), slice(0, n)).view(n, b)
+
+
+class ConditionalVAE(nn.Module):
+    """E(mu, sigma | cond, a) and D(a | cond, z), one per agent; cond is s (G1) or (s, s') (G2)."""
+
+    def __init__(self, cond_dim, act_dim, latent_dim, hidden_dim, generators, device=None):
+        super().__init__()
+        self.encoder = MLP(cond_dim + act_dim, 2 * latent_dim, hidden_dim, generators, device=device)
+        self.decoder = MLP(cond_dim + latent_dim, act_dim, hidden_dim, generators, device=device)
+        self.latent_dim = latent_dim
+
+    def encode(self, cond, act):
+        mean, log_std = self.encoder(torch.cat([cond, act], -1)).split(self.latent_dim, -1)
+        return mean, log_std.clamp(-4, 15)
+
+    def decode(self, cond, noise=None):
+        """Actions from the decoder: BCQ's z ~ N(0, 1) clipped to [-0.5, 0.5] from standard normal `noise`
+        [n_agents, batch, latent], or z = 0 (the most likely action) without it."""
+        z = torch.zeros(*cond.shape[:-1], self.latent_dim, device=cond.device) if noise is None else noise.clamp(-0.5, 0.5)
+        return torch.tanh(self.decoder(torch.cat([cond, z], -1)))
+
+    def loss(self, cond, act, noise):  # per-agent loss [n_agents]: BCQ's reconstruction + 0.5 KL
+        mean, log_std = self.encode(cond, act)
+        z = mean + log_std.exp() * noise
+        recon = torch.tanh(self.decoder(torch.cat([cond, z], -1)))
+        recon_loss = ((recon - act) ** 2).mean((1, 2))
+        kl = -0.5 * (1 + 2 * log_std - mean**2 - (2 * log_std).exp()).mean((1, 2))
+        return recon_loss + 0.5 * kl
+
+
+def value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon):
+    """lambda_vd = clip(1 + (V'(s') - E[V(s')]) / |E[V(s')]|, 1 - eps, 1 + eps), from target networks.
+
+    E[V(s')] is estimated from the sample as (Q(s, a) - r) / gamma. A terminal transition
+    has no next-state value to be optimistic about: its weight is 1.
+    """
+    expected = (q_sa - rewards) / gamma
+    lambda_vd = 1 + (next_value - expected) / (expected.abs() + 1e-6)
+    lambda_vd = lambda_vd.clamp(1 - epsilon, 1 + epsilon)
+    return torch.where(dones, torch.ones_like(lambda_vd), lambda_vd)
+
+
+def transition_normalization(g1_mean, g2_mean):
+    """lambda_tn = rho_N(0,I)(mu1) / rho_N(0,I)(mu2) = exp((|mu2|^2 - |mu1|^2) / 2), ~ 1 / P_B(s'|s, a_i)."""
+    return torch.exp(((g2_mean**2).sum(-1) - (g1_mean**2).sum(-1)) / 2)
+
+
+def soft_clipped(q, lmbda):
+    """BCQ's soft clipped double Q: lmbda * min + (1 - lmbda) * max over the twins (q [2, ...])."""
+    return lmbda * q.min(0).values + (1 - lmbda) * q.max(0).values
+
+
+def bcq_policy(obs, g1, xi, critic, noise):
+    """BCQ's policy (Section 3.4): n actions from G1, perturbed by xi, the one with the highest Q1.
+    obs [n_agents, batch, obs_dim], noise [n_agents, batch * n, latent] -> ([n_agents, batch, act_dim], its Q1)."""
+    n_agents, batch, _ = obs.shape
+    n = noise.shape[1] // batch
+    repeated = obs.repeat_interleave(n, 1)  # [n_agents, batch * n, obs_dim]: n copies of each state, side by side
+    act = xi(repeated, g1.decode(repeated, noise))
+    q1 = critic.q1(repeated, act).view(n_agents, batch, n)
+    best = q1.argmax(-1)  # [n_agents, batch]
+    act = act.view(n_agents, batch, n, -1).gather(2, best[..., None, None].expand(-1, -1, 1, act.shape[-1])).squeeze(2)
+    return act, q1.max(-1).values
+
+
+def bcq_next_value(next_obs, g1, xi_target, critic_target, noise, lmbda):
+    """V'(s') = max_j [lmbda min_k + (1 - lmbda) max_k] Q^_k(s', a_j + xi^(s', a_j)), a_j ~ G1(s'): BCQ's target value,
+    from the target networks. noise [n_agents, batch * n, latent] -> [n_agents, batch]."""
+    n_agents, batch, _ = next_obs.shape
+    repeated = next_obs.repeat_interleave(noise.shape[1] // batch, 1)
+    act = xi_target(repeated, g1.decode(repeated, noise))
+    return soft_clipped(critic_target(repeated, act), lmbda).view(n_agents, batch, -1).max(-1).values
+
+
+def bcq_critic_loss(critic, critic_target, xi_target, g1, batch, noise, gamma, lmbda, epsilon, use_vd):
+    """Per-agent TD loss E[lambda_tn * lambda_vd * (Q_k(s, a) - y)^2], summed over the twins (eq. (1)),
+    y = r + gamma (1 - done) V'(s'). lambda_vd = clip(1 + (V'(s') - E) / |E|) with E = (Q^(s, a) - r) / gamma,
+    Q^ the same soft clipped target value. Returns (loss [n_agents], Q [2, n_agents, batch], weight, lambda_vd or None)."""
+    obs, actions, rewards, dones = batch["obs"], batch["actions"], batch["rewards"], batch["dones"]
+    with torch.no_grad():
+        next_value = bcq_next_value(batch["next_obs"], g1, xi_target, critic_target, noise, lmbda)
+        td_target = rewards + gamma * (~dones) * next_value
+        weight, lambda_vd = batch["lambda_tn"], None
+        if use_vd:
+            q_sa = soft_clipped(critic_target(obs, actions), lmbda)
+            lambda_vd = value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon)
+            weight = weight * lambda_vd
+    q = critic(obs, actions)
+    return (weight * (q - td_target) ** 2).mean(-1).sum(0), q, weight, lambda_vd
+
+
+def bcq_perturbation_loss(xi, critic, g1, batch, noise, weight):
+    """Per-agent -E[lambda_tn * lambda_vd * Q_1(s, a + xi(s, a))], a ~ G1(s) (eq. (2)). noise [n_agents, batch, latent]."""
+    with torch.no_grad():
+        sampled = g1.decode(batch["obs"], noise)
+    critic.requires_grad_(False)  # the perturbation loss trains xi only
+    q1 = critic.q1(batch["obs"], xi(batch["obs"], sampled))
+    critic.requires_grad_(True)
+    return -(weight * q1).mean(-1)
+
+
+def ddpg_losses(actor, actor_target, critic, critic_target, batch, gamma):
+    """Offline DDPG per agent (Table 5's unconstrained baseline): y = r + gamma Q^_1(s', pi^(s')), one critic (the
+    first twin), the actor maximises Q_1(s, pi(s)). Returns (critic loss, actor loss, Q), per agent."""
+    with torch.no_grad():
+        y = batch["rewards"] + gamma * (~batch["dones"]) * critic_target.q1(batch["next_obs"], actor_target(batch["next_obs"]))
+    q = critic.q1(batch["obs"], batch["actions"])
+    critic.requires_grad_(False)
+    actor_loss = -critic.q1(batch["obs"], actor(batch["obs"])).mean(-1)
+    critic.requires_grad_(True)
+    return ((q - y) ** 2).mean(-1), actor_loss, q
+
+
+def fit_generators(data, args, generators, device, fit_g2, progress=True, on_step=None):
+    """Algorithm 1, line 4: fit G1(a|s) and, for lambda_tn, G2(a|s, s') on the agent's own data; then compute
+    lambda_tn once for every transition. Returns (G1, lambda_tn [n_agents, T] or None, logs)."""
+    n, _, obs_dim = data["obs"].shape
+    act_dim = data["actions"].shape[-1]
+    g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, args.hidden_dim, generators, device)
+    g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, args.hidden_dim, generators, device) if fit_g2 else None
+    params = [*g1.parameters(), *(g2.parameters() if fit_g2 else [])]
+    optimizer = torch.optim.Adam(params, lr=args.g_learning_rate, fused=True)
+    logs = {}
+    for _ in tqdm(range(args.vae_steps), desc="fitting G1" + (" and G2" if fit_g2 else ""), disable=not progress):
+        if on_step is not None:  # e.g. the run's share of the cores
+            on_step()
+        idx = sample_indices(data["size"], (args.batch_size,), generators)
+        obs, act, next_obs = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["next_obs"], idx)
+        noise = randn(generators, 2, args.batch_size, args.vae_latent_dim, device=device)
+        loss_g1 = g1.loss(obs, act, noise[:, 0])
+        loss = loss_g1 + (g2.loss(torch.cat([obs, next_obs], -1), act, noise[:, 1]) if fit_g2 else 0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimizer.step()
+    if args.vae_steps:
+        logs = {"vae/g1_loss": loss_g1.mean().item()}
+    if not fit_g2:
+        return g1, None, logs
+    lambda_tn = torch.empty(data["obs"].shape[:2], device=device)
+    with torch.no_grad():
+        for start in range(0, lambda_tn.shape[1], 65536):
+            s = slice(start, start + 65536)
+            obs, act, next_obs = data["obs"][:, s], data["actions"][:, s], data["next_obs"][:, s]
+            mu1, _ = g1.encode(obs, act)
+            mu2, _ = g2.encode(torch.cat([obs, next_obs], -1), act)
+            lambda_tn[:, s] = transition_normalization(mu1, mu2)
+    return g1, lambda_tn, logs
+
+
+# ALGO LOGIC: evaluation of the team and the paper's analysis metrics
+@torch.no_grad()
+def evaluate(env, act, critic, n_episodes, gamma, seed, device):
+    """Run the team's policies `act(obs [n_agents, episodes, obs_dim]) -> actions` in `n_episodes` parallel episodes.
+
+    Returns the team return (undiscounted, first `eval_episode_len` steps), its D4RL-normalised score and, given a
+    critic, the extrapolation error |(1/N) sum_i Q_i(s, a_i) - G| at the start states (Table 7), G the discounted
+    Monte-Carlo return of the team, rolled on past the episode length until gamma^t < 0.01 or the episode ends."""
+    rng = np.random.default_rng(seed)
+    obs = env.reset(n_episodes, rng)
+    horizon = max(env.eval_episode_len, int(np.ceil(np.log(0.01) / np.log(gamma))))
+    team_return, discounted_return = np.zeros(n_episodes), np.zeros(n_episodes)
+    alive = np.ones(n_episodes, dtype=bool)
+    for t in range(horizon):
+        o = torch.as_tensor(np.stack(obs), dtype=torch.float32, device=device)  # [n_agents, episodes, obs_dim]
+        a = act(o)
+        if t == 0 and critic is not None:
+            q_start = critic.q1(o, a).mean(0).cpu().numpy()
+        obs, reward, terminated = env.step(list(a.cpu().numpy()))
+        if t < env.eval_episode_len:
+            team_return += alive * reward
+        discounted_return += alive * gamma**t * reward
+        alive &= ~terminated
+        if not alive.any() and t >= env.eval_episode_len - 1:
+            break
+    scores = mamujoco.normalized_score(env.env_id, team_return)
+    out = dict(team_return=float(team_return.mean()), team_return_std=float(team_return.std()),
+               normalized_score=float(scores.mean()), normalized_score_std=float(scores.std()))
+    if critic is not None:
+        out.update(extrapolation_error=float(np.abs(q_start - discounted_return).mean()), q_start=float(q_start.mean()),
+                   mc_return=float(discounted_return.mean()))
+    return out
+
+
+@torch.no_grad()
+def value_difference(act, critic, agent_obs):
+    """max_i V_i(s) - min_i V_i(s), averaged over states, V_i(s) = Q_i,1(s, pi_i(s)) (Table 6)."""
+    values = critic.q1(agent_obs, act(agent_obs))  # [n_agents, n_states]
+    return float((values.max(0).values - values.min(0).values).mean())
+
+
+# TRY NOT TO MODIFY: per-agent data on the device, sampled with each agent's own stream
+RNG_CHUNK = 1000
+
+
+def sample_indices(sizes, shape, generators):  # [n_agents, *shape], agent i's from [0, sizes[i])
+    return torch.stack([torch.randint(int(s), shape, generator=g, device=g.device) for s, g in zip(sizes, generators)])
+
+
+def gather(array, idx):  # array [n_agents, T, *], idx [n_agents, batch] -> [n_agents, batch, *]
+    return array[torch.arange(array.shape[0], device=array.device)[:, None], idx]
+
+
+def stack_agent_data(agent_data: list[dict], normalize_obs: bool, device):
+    """Stack the agents' arrays along a leading agent dimension, padding to the longest dataset;
+    every agent samples only its own first `size` rows. Observations are normalised with each
+    agent's own statistics."""
+    if len({d["obs"].shape[1] for d in agent_data}) > 1 or len({d["actions"].shape[1] for d in agent_data}) > 1:
+        raise InputError("the batched ensemble needs equal observation and action sizes across agents")
+    size = max(len(d["rewards"]) for d in agent_data)
+    out = {"size": [len(d["rewards"]) for d in agent_data]}
+    for key in ("obs", "actions", "rewards", "next_obs", "dones"):
+        padded = [np.concatenate([d[key], np.repeat(d[key][-1:], size - len(d[key]), 0)]) for d in agent_data]
+        out[key] = torch.as_tensor(np.stack(padded), device=device)
+    obs_stats = [(d["obs"].mean(0), d["obs"].std(0) + 1e-3) for d in agent_data]
+    if not normalize_obs:
+        obs_stats = [(np.zeros_like(m), np.ones_like(s)) for m, s in obs_stats]
+    out["obs_mean"] = torch.as_tensor(np.stack([m for m, _ in obs_stats])[:, None], device=device)  # [n, 1, obs_dim]
+    out["obs_std"] = torch.as_tensor(np.stack([s for _, s in obs_stats])[:, None], device=device)
+    out["obs"] = (out["obs"] - out["obs_mean"]) / out["obs_std"]
+    out["next_obs"] = (out["next_obs"] - out["obs_mean"]) / out["obs_std"]
+    return out
+
+
+def soft_update(target, source, tau):
+    with torch.no_grad():
+        torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
+
+
+def agent_state(module, index, n_agents):
+    """Agent `index`'s members of an ensemble module (members i, i + n, ...) as a plain state dict."""
+    return {k: v[index::n_agents].clone().cpu() for k, v in module.state_dict().items()}
+
+
+def load_agent_state(module, index, n_agents, state):
+    with torch.no_grad():
+        for k, v in module.state_dict().items():
+            v[index::n_agents] = state[k]
+
+
+# TRY NOT TO MODIFY: the run contract of docs/results.md, word for word the same in every script
+SCRIPT = Path(__file__).stem
+SCHEMA_VERSION = 1
+CHECKPOINT_FORMAT = "odmarl-train-state-1"
+AGENT_FORMAT = "odmarl-agent-1"
+# what a --resume may change: none of these changes what is learned
+RESUMABLE_CHANGES = ("resume", "total_steps", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "cuda",
+                     "track", "wandb_project_name", "wandb_entity", "save_model")
+
+
+def parse_args():
+    """The flags; with `--resume runs/NAME` the run's saved flags are the defaults, and a change to any
+    flag outside RESUMABLE_CHANGES is refused (it would make the resumed run another experiment)."""
+    args = tyro.cli(Args)
+    if args.resume is None:
+        return args
+    try:
+        saved = json.loads((Path(args.resume) / "results.json").read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"--resume {args.resume}: no readable results.json there ({e}); pass a run folder such as runs/<run_name>") from None
+    if saved.get("script") != SCRIPT:
+        raise InputError(f"--resume {args.resume}: that run is of {saved.get('script')}.py, not {SCRIPT}.py")
+    names = {f.name for f in fields(Args)}
+    defaults = replace(Args(), **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["args"].items() if k in names})
+    args = tyro.cli(Args, default=replace(defaults, resume=args.resume))
+    changed = [k for k in names if k not in RESUMABLE_CHANGES and getattr(args, k) != getattr(defaults, k)]
+    if changed:
+        flag = changed[0].replace("_", "-")
+        raise InputError(f"--resume: --{flag} {getattr(args, changed[0])} differs from the run's {getattr(defaults, changed[0])}; "
+                         f"drop --{flag} to resume, or start a new run")
+    return args
+
+
+def parse_agent_ids(text: str | None, n_agents: int) -> list[int]:
+    if text is None:
+        return list(range(n_agents))
+    try:
+        agent_ids = [int(i) for i in text.split(",")]
+    except ValueError:
+        raise InputError(f"--agent-ids takes comma-separated integers like `0,1`, got {text!r}") from None
+    if len(set(agent_ids)) != len(agent_ids) or not all(0 <= i < n_agents for i in agent_ids):
+        raise InputError(f"--agent-ids must be distinct ids in 0..{n_agents - 1}, got {text!r}")
+    return agent_ids
+
+
+def pick_device(cuda: bool) -> torch.device:
+    if cuda and not torch.cuda.is_available():
+        raise InputError("--cuda: torch sees no CUDA device on this machine; drop --cuda to train on the CPU")
+    return torch.device("cuda" if cuda else "cpu")
+
+
+class CoreShare:
+    """`--threads 0` shares the cores with this project's other runs on the machine: each run keeps a pid
+    file in one folder and, at every `update()` (once a second at most), uses max(1, cores // live runs) threads. Two runs that
+    each use both of two cores slow each other down ~6x (docs/contention.md). OMP_NUM_THREADS, when set,
+    caps the cores. `--threads N` fixes N. The results do not depend on the thread count (tested)."""
+
+    FOLDER = Path(tempfile.gettempdir()) / "odmarl-runs"
+
+    def __init__(self, threads: int):
+        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
+        self.threads, self.cores = threads, min(len(affinity), int(os.environ.get("OMP_NUM_THREADS") or 1 << 16))
+        self.checked = -1.0
+        if threads == 0:
+            self.FOLDER.mkdir(exist_ok=True)
+            pid_file = self.FOLDER / str(os.getpid())
+            pid_file.touch()
+            atexit.register(pid_file.unlink, missing_ok=True)
+        self.update()
+
+    def update(self, force: bool = False) -> int:
+        """Cheap enough to call at every step: it looks at the other runs at most once a second."""
+        if not force and time.monotonic() - self.checked < 1.0:
+            return torch.get_num_threads()
+        self.checked = time.monotonic()
+        n = self.threads or max(1, self.cores // max(1, self.live_runs()))
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+        return n
+
+    def live_runs(self) -> int:
+        live = 0
+        for pid_file in self.FOLDER.iterdir():
+            try:
+                os.kill(int(pid_file.name), 0)
+                live += 1
+            except (ValueError, ProcessLookupError):  # not a pid, or a run that died: tidy it away
+                pid_file.unlink(missing_ok=True)
+            except PermissionError:  # another user's live run
+                live += 1
+        return live
+
+
+def write_json(path, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def save_torch(path, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_torch(path, what: str) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a missing, truncated or foreign file: torch raises many kinds
+        raise InputError(f"cannot load {what} {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    return obj if isinstance(obj, dict) else {}
+
+
+def git_commit() -> str | None:
+    root = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "") if commit else None
+
+
+def package_versions(env_id: str) -> dict:
+    out = {"python": platform.python_version()}
+    for package in ("torch", "numpy", *getattr(envs.env_module(env_id), "PINNED_PACKAGES", ())):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = None
+    return out
+
+
+def start_run(args, algorithm: str, variant: str, meta: dict, agent_ids: list[int], device) -> tuple[Path, dict, dict | None]:
+    """The run folder, its results.json (status running) and, with --resume, the training state to go on from."""
+    if args.resume is not None:
+        run_dir = Path(args.resume)
+        results = json.loads((run_dir / "results.json").read_text())
+        state = load_torch(run_dir / "checkpoint.pt", "checkpoint") if (run_dir / "checkpoint.pt").exists() else None
+        if state is not None and (state.get("format"), state.get("script")) != (CHECKPOINT_FORMAT, SCRIPT):
+            raise InputError(f"{run_dir / 'checkpoint.pt'} is not a {SCRIPT}.py training state; start a new run")
+        if state is not None and state["step"] > args.total_steps:
+            raise InputError(f"--total-steps {args.total_steps} is below the {state['step']} steps the run has done")
+        step = state["step"] if state else 0
+        results.update(status="running", error=None, pid=os.getpid(), host=platform.node(), args=asdict(args),
+                       evaluations=state["results"]["evaluations"] if state else [],
+                       seconds=state["results"]["seconds"] if state else 0.0,
+                       final=state["results"]["final"] if state else None,
+                       resumed_at_steps=results.get("resumed_at_steps", []) + [step])
+    else:
+        env_name = args.env_id.replace(":", "-").replace("/", "-")  # minari:mujoco/hopper/medium-v0 is one folder
+        run_name = args.run_name or f"{env_name}__{args.exp_name}{variant}__{args.seed}__{int(time.time())}"
+        run_dir = Path("runs") / run_name
+        if (run_dir / "results.json").exists():
+            raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --run-name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = None
+        results = dict(
+            schema_version=SCHEMA_VERSION, status="running", error=None, run_name=run_name, script=SCRIPT,
+            algorithm=algorithm, env_id=args.env_id, env_kwargs=meta["env_kwargs"],
+            dataset=dict(path=meta.get("path"), recipe=meta.get("recipe"), fingerprint=meta.get("content_sha256")),
+            seed=args.seed, agent_ids=agent_ids, args=asdict(args), git_commit=git_commit(),
+            versions=package_versions(args.env_id), device=str(device), threads=args.threads or "auto",
+            host=platform.node(), pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            resumed_at_steps=[], evaluations=[], final=None, seconds=0.0,
+        )
+    write_results(run_dir, results)
+    print(f"results: {run_dir / 'results.json'}")
+    return run_dir, results, state
+
+
+def write_results(run_dir: Path, results: dict) -> None:
+    results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(run_dir / "results.json", results)
+
+
+@contextlib.contextmanager
+def recorded(run_dir: Path, results: dict):
+    """results.json says how the block ended: complete, interrupted (Ctrl-C, SIGTERM) or failed (with the error).
+    A SIGKILL leaves "running" with a dead pid; --resume continues from the last checkpoint."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    except KeyboardInterrupt:
+        results["status"] = "interrupted"
+        write_results(run_dir, results)
+        raise
+    except BaseException as e:
+        results.update(status="failed", error=f"{type(e).__name__}: {e}")
+        write_results(run_dir, results)
+        raise
+    else:
+        results["status"] = "complete"
+        write_results(run_dir, results)
+        print(f"results: {run_dir / 'results.json'}")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def load_agent_checkpoints(paths, env_id: str, env_kwargs: dict, n_agents: int) -> list[dict]:
+    """--checkpoints: one file per agent, in agent order, each saved by this script for this env and agent."""
+    if len(paths) != n_agents:
+        raise InputError(f"--checkpoints needs one file per agent ({n_agents} for {env_id}), got {len(paths)}")
+    checkpoints = []
+    for i, path in enumerate(paths):
+        ckpt = load_torch(path, "checkpoint")
+        if (ckpt.get("format"), ckpt.get("script")) != (AGENT_FORMAT, SCRIPT):
+            raise InputError(f"{path} is not an agent checkpoint of {SCRIPT}.py (save one with --save-model)")
+        if (ckpt.get("env_id"), ckpt.get("env_kwargs"), ckpt.get("agent_id")) != (env_id, env_kwargs, i):
+            raise InputError(f"{path} holds agent {ckpt.get('agent_id')} of {ckpt.get('env_id')} {ckpt.get('env_kwargs')}, "
+                             f"expected agent {i} of {env_id} {env_kwargs}")
+        checkpoints.append(ckpt)
+    return checkpoints
+
+
+def save_agent_checkpoints(run_dir: Path, agent_ids: list[int], env_kwargs: dict, args, tensors: list[dict]) -> None:
+    """--save-model: one file per agent, loadable alone (`--checkpoints`)."""
+    for agent_id, agent_tensors in zip(agent_ids, tensors):
+        path = run_dir / f"agent_{agent_id}.pt"
+        save_torch(path, dict(format=AGENT_FORMAT, script=SCRIPT, agent_id=agent_id, env_id=args.env_id,
+                              env_kwargs=env_kwargs, args=asdict(args), **agent_tensors))
+        print(f"saved {path}")
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    if args.epsilon is None:
+        args.epsilon = PRESETS.get(args.env_id, {}).get("epsilon", DEFAULT_EPSILON)
+    if args.ddpg or args.behavior:  # Table 5's DDPG and Behavior rows change no transition probability
+        args.no_vd = args.no_tn = True
+    check_args(args)
+    algorithm_name, variant = algorithm(args)
+    device = pick_device(args.cuda)
+    if args.track:
+        try:
+            import wandb
+        except ImportError:
+            raise InputError("--track needs wandb: pip install wandb") from None
+
+    # the environment and the agents this process trains
+    if args.env_id not in mamujoco.TASKS:
+        raise InputError(f"mabcq_continuous.py runs on multi-agent MuJoCo ({', '.join(mamujoco.TASKS)}), not {args.env_id}")
+    env = envs.make(args.env_id)
+    full_env_kwargs, _ = envs.resolve(args.env_id, {})
+    n_agents, obs_dim, act_dim = env.n_agents, env.obs_dims[0], env.act_dims[0]
+    agent_ids = list(range(n_agents)) if args.checkpoints else parse_agent_ids(args.agent_ids, n_agents)
+    latent = args.vae_latent_dim
+
+    def make_modules(generators):
+        """Every network of the row, in a fixed order (each agent draws its initial weights from its own stream)."""
+        modules = dict(critic=TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device))
+        if args.ddpg:
+            modules["actor"] = DeterministicActor(obs_dim, act_dim, args.hidden_dim, generators, device)
+        else:
+            modules["xi"] = Perturbation(obs_dim, act_dim, args.hidden_dim, args.phi, generators, device)
+        return modules
+
+    def team_policy(modules, g1, seed):
+        """The row's policy for evaluation; BCQ's samples come from an evaluation stream, not the agents'."""
+        if args.ddpg:
+            return modules["actor"]
+        if args.behavior:
+            return lambda o: g1.decode(o)  # z = 0: the generative model's most likely action
+        stream = torch.Generator(device).manual_seed(seed)
+        return lambda o: bcq_policy(o, g1, modules["xi"], modules["critic"], torch.randn(
+            o.shape[0], o.shape[1] * args.n_samples, latent, generator=stream, device=device))[0]
+
+    if args.checkpoints:  # evaluate a team assembled from separately trained agents: their own settings win
+        ckpts = load_agent_checkpoints(args.checkpoints, args.env_id, full_env_kwargs, n_agents)
+        shared = ("hidden_dim", "vae_latent_dim", "phi", "ddpg", "behavior", "n_samples")
+        if len({tuple(c["args"][k] for k in shared) for c in ckpts}) > 1:
+            raise InputError(f"the checkpoints differ in {', '.join(shared)}; a team needs one kind of network")
+        args = replace(args, **{k: ckpts[0]["args"][k] for k in shared})
+        latent = args.vae_latent_dim
+        generators = agent_generators(args.seed, agent_ids, device)
+        modules = make_modules(generators)
+        g1 = ConditionalVAE(obs_dim, act_dim, latent, args.hidden_dim, generators, device)
+        for i, ckpt in enumerate(ckpts):
+            for k, m in [*modules.items(), ("g1", g1)]:
+                load_agent_state(m, i, n_agents, ckpt[k])
+        run_dir, results, _ = start_run(args, "team of checkpoints", "-team", {"env_kwargs": full_env_kwargs}, agent_ids, device)
+        results["checkpoints"] = [dict(path=str(p), algorithm=algorithm(replace(args, **{k: c["args"][k] for k in ("no_vd", "no_tn")}))[0],
+                                       args=c["args"]) for p, c in zip(args.checkpoints, ckpts)]
+        with recorded(run_dir, results):
+            results["final"] = evaluate(env, team_policy(modules, g1, args.seed), None if args.behavior else modules["critic"],
+                                        args.eval_episodes, args.gamma, args.seed, device)
+        print(f"team of {n_agents} checkpoints: normalized score {results['final']['normalized_score']:.1f}")
+        raise SystemExit(0)
+
+    # data: agent i reads only its own file
+    env, agent_data, meta = datasets.load(args.env_id, {}, {"n_transitions": args.n_transitions}, args.dataset_dir, agent_ids)
+    meta["path"] = str(datasets.dataset_path(args.dataset_dir, args.env_id, meta["env_kwargs"], meta["recipe"]))
+
+    # the run folder: nothing is written before this point
+    run_dir, results, state = start_run(args, algorithm_name, variant, meta, agent_ids, device)
+    if args.track:
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
+                   config=vars(args), name=results["run_name"], save_code=True, resume="allow")
+    writer = SummaryWriter(str(run_dir))
+    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
+    cores = CoreShare(args.threads)
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    torch.set_flush_denormal(True)  # Adam's second moments decay into denormals, which are ~10x slower on CPU
+
+    with recorded(run_dir, results):
+        generators = agent_generators(args.seed, agent_ids, device)
+        modules = make_modules(generators)
+        data = stack_agent_data([agent_data[i] for i in agent_ids], False, device)  # BCQ reads raw states
+        union = np.concatenate([agent_data[i]["states"] for i in agent_ids])
+        union = union[np.random.default_rng(args.seed).choice(len(union), min(args.analysis_states, len(union)), replace=False)]
+        analysis_obs = torch.as_tensor(np.stack([env.observe(union)[i] for i in agent_ids]), device=device)
+
+        # ALGO LOGIC: Algorithm 1, line 4: G1 (and G2 for lambda_tn) are fitted before Q-learning; lambda_tn is fixed
+        g1, lambda_tn = None, None
+        if not args.ddpg and state is None and not args.behavior:
+            g1, lambda_tn, results["vae"] = fit_generators(data, args, generators, device, fit_g2=not args.no_tn, on_step=cores.update)
+            for k, v in results["vae"].items():
+                writer.add_scalar(k, v, 0)
+        elif not args.ddpg:  # restored from the checkpoint below, or (Behavior) trained in the loop
+            g1 = ConditionalVAE(obs_dim, act_dim, latent, args.hidden_dim, generators, device)
+        if state is not None and state["lambda_tn"] is not None:
+            lambda_tn = state["lambda_tn"].to(device)
+        if lambda_tn is None:
+            lambda_tn = torch.ones(data["rewards"].shape, device=device)
+        elif not args.no_tn:
+            for i, a in enumerate(agent_ids):
+                lt = lambda_tn[i, : data["size"][i]]
+                print(f"agent {a}: lambda_tn mean {lt.mean():.3f} min {lt.min():.3f} max {lt.max():.3f}")
+
+        targets = {f"{k}_target": make_modules(generators)[k] for k in modules}
+        for k, m in modules.items():
+            targets[f"{k}_target"].load_state_dict(m.state_dict())
+        policy_name = "actor" if args.ddpg else "xi"
+        optimizers = dict(critic=torch.optim.Adam(modules["critic"].parameters(), lr=args.q_learning_rate, fused=True),
+                          policy=torch.optim.Adam(modules[policy_name].parameters(), lr=args.xi_learning_rate, fused=True))
+        if g1 is not None and (args.train_generator or args.behavior):
+            optimizers["g1"] = torch.optim.Adam(g1.parameters(), lr=args.g_learning_rate, fused=True)
+        everything = {**modules, **targets, **({"g1": g1} if g1 is not None else {})}
+        start_step, chunk, logs, resumed_train_seconds = 0, None, {}, 0.0
+        if state is not None:  # go on exactly where the checkpoint left off
+            for k, m in everything.items():
+                m.load_state_dict(state["modules"][k])
+            for k, o in optimizers.items():
+                o.load_state_dict(state["optimizers"][k])
+            for g, g_state in zip(generators, state["generators"]):
+                g.set_state(g_state)
+            start_step, logs, resumed_train_seconds = state["step"], state["logs"], state["train_seconds"]
+            chunk = {k: v.to(device) for k, v in state["rng_chunk"].items()} if state["rng_chunk"] else None
+            print(f"resumed at step {start_step}")
+
+        def save_state(step):
+            save_torch(run_dir / "checkpoint.pt", dict(
+                format=CHECKPOINT_FORMAT, script=SCRIPT, step=step, args=asdict(args),
+                modules={k: m.state_dict() for k, m in everything.items()},
+                optimizers={k: o.state_dict() for k, o in optimizers.items()},
+                generators=[g.get_state() for g in generators], lambda_tn=None if args.no_tn else lambda_tn.cpu(),
+                rng_chunk=chunk, logs=logs, train_seconds=train_seconds + time.time() - tick,
+                results={k: results[k] for k in ("evaluations", "final", "seconds")},
+            ))
+
+        def evaluate_and_record(step):
+            entry = dict(step=step, seconds=round(results["seconds"] + time.time() - session_start, 1))
+            previous = results["evaluations"][-1] if results["evaluations"] else dict(step=0, train_seconds=0.0)
+            entry["train_seconds"] = previous["train_seconds"] + train_seconds
+            entry["updates_per_second"] = (step - previous["step"]) / max(train_seconds, 1e-9)
+            entry["ms_per_update"] = 1000 / max(entry["updates_per_second"], 1e-9)  # Table 11: one update of the whole team
+            act = team_policy(modules, g1, args.seed + step)
+            critic = None if args.behavior else modules["critic"]
+            if len(agent_ids) > 1 and critic is not None:
+                entry["value_difference"] = value_difference(act, critic, analysis_obs)
+            if len(agent_ids) == n_agents:
+                entry.update(evaluate(env, team_policy(modules, g1, args.seed + step), critic, args.eval_episodes, args.gamma,
+                                      args.seed + step, device))
+            entry.update({k.split("/")[1]: v for k, v in logs.items() if k.startswith(("weights/", "losses/"))})
+            for k, v in entry.items():
+                if k not in ("step", "seconds", "train_seconds") and not k.startswith(("lambda_", "td_", "policy_", "q_", "vae_")):
+                    writer.add_scalar(f"eval/{k}", v, step)
+            results["evaluations"].append(entry)
+            results["final"] = entry
+            line = f"step {step}"
+            if "normalized_score" in entry:
+                line += f" | normalized score {entry['normalized_score']:.1f} ± {entry['normalized_score_std']:.1f}"
+                line += f" | return {entry['team_return']:.0f}"
+            if "extrapolation_error" in entry:
+                line += f" | extrapolation error {entry['extrapolation_error']:.1f}"
+            if "value_difference" in entry:
+                line += f" | value difference {entry['value_difference']:.2f}"
+            if "lambda_vd_mean" in entry:
+                line += f" | lambda_vd {entry['lambda_vd_mean']:.3f}"
+            tqdm.write(line)
+
+        session_start, train_seconds, tick = time.time(), resumed_train_seconds, time.time()
+        if args.total_steps == 0:  # nothing to learn: evaluate the untrained team once
+            evaluate_and_record(0)
+        progress = tqdm(range(start_step + 1, args.total_steps + 1), desc="training", unit=" steps",
+                        initial=start_step, total=args.total_steps)
+        critic, policy_loss, lambda_vd = modules["critic"], torch.zeros(len(agent_ids)), None
+        for global_step in progress:
+            cores.update()
+            if (global_step - 1) % RNG_CHUNK == 0:  # one draw per agent for RNG_CHUNK steps: per-step draws cost more
+                chunk = dict(idx=sample_indices(data["size"], (RNG_CHUNK, args.batch_size), generators))
+            idx = chunk["idx"][:, (global_step - 1) % RNG_CHUNK]
+            batch = {k: gather(data[k], idx) for k in ("obs", "actions", "rewards", "next_obs", "dones")}
+            batch["lambda_tn"] = gather(lambda_tn, idx)
+            losses = {}
+            # ALGO LOGIC: one update of every agent, by the row of Table 5 the flags pick
+            if args.behavior:  # only the generative model learns
+                g1_loss = g1.loss(batch["obs"], batch["actions"], randn(generators, args.batch_size, latent, device=device))
+                optimizers["g1"].zero_grad(set_to_none=True)
+                g1_loss.sum().backward()
+                optimizers["g1"].step()
+                losses["losses/vae_loss"] = g1_loss.mean().item
+            elif args.ddpg:
+                critic_loss, policy_loss, q = ddpg_losses(modules["actor"], targets["actor_target"], critic, targets["critic_target"],
+                                                          batch, args.gamma)
+                for name, loss in (("critic", critic_loss), ("policy", policy_loss)):
+                    optimizers[name].zero_grad(set_to_none=True)
+                    loss.sum().backward()  # sum over agents: each agent's gradient is its own loss's
+                    optimizers[name].step()
+                losses.update({"losses/td_loss": critic_loss.mean().item, "losses/policy_loss": policy_loss.mean().item,
+                               "losses/q_values": q.mean().item})
+            else:
+                noise = randn(generators, args.batch_size * args.n_samples, latent, device=device)
+                critic_loss, q, weight, lambda_vd = bcq_critic_loss(critic, targets["critic_target"], targets["xi_target"], g1,
+                                                                    batch, noise, args.gamma, args.lmbda, args.epsilon, not args.no_vd)
+                optimizers["critic"].zero_grad(set_to_none=True)
+                critic_loss.sum().backward()  # sum over agents: each agent's gradient is its own loss's
+                optimizers["critic"].step()
+                policy_loss = bcq_perturbation_loss(modules["xi"], critic, g1, batch,
+                                                    randn(generators, args.batch_size, latent, device=device), weight)
+                optimizers["policy"].zero_grad(set_to_none=True)
+                policy_loss.sum().backward()
+                optimizers["policy"].step()
+                if args.train_generator:  # BCQ's code: the generator keeps learning the data (unweighted)
+                    g1_loss = g1.loss(batch["obs"], batch["actions"], randn(generators, args.batch_size, latent, device=device))
+                    optimizers["g1"].zero_grad(set_to_none=True)
+                    g1_loss.sum().backward()
+                    optimizers["g1"].step()
+                    losses["losses/vae_loss"] = g1_loss.mean().item
+                losses.update({"losses/td_loss": critic_loss.mean().item, "losses/policy_loss": policy_loss.mean().item,
+                               "losses/q_values": q.mean().item})
+            if not args.behavior:
+                soft_update(targets["critic_target"], critic, args.tau)
+                soft_update(targets[f"{policy_name}_target"], modules[policy_name], args.tau)
+
+            evaluate_now = global_step % args.eval_freq == 0 or global_step == args.total_steps
+            if global_step % 1000 == 0 or evaluate_now:
+                logs = {k: v() for k, v in losses.items()}  # .item() only here: a sync per step costs on GPU
+                if not args.no_tn:
+                    logs.update({f"weights/lambda_tn_{f}": getattr(batch["lambda_tn"], f)().item() for f in ("mean", "min", "max")})
+                if lambda_vd is not None:
+                    live = lambda_vd[~batch["dones"]] if (~batch["dones"]).any() else lambda_vd  # terminal ones are 1
+                    logs.update({f"weights/lambda_vd_{f}": getattr(live, f)().item() for f in ("mean", "min", "max")})
+                    logs["weights/lambda_vd_clipped"] = ((live - 1).abs() >= args.epsilon - 1e-6).float().mean().item()
+                for k, v in logs.items():
+                    writer.add_scalar(k, v, global_step)
+                writer.add_scalar("charts/updates_per_second", (global_step - start_step) / (time.time() - session_start), global_step)
+
+            checkpoint_now = evaluate_now if args.checkpoint_freq == 0 else global_step % args.checkpoint_freq == 0
+            if evaluate_now or checkpoint_now:
+                train_seconds += time.time() - tick
+                if evaluate_now:
+                    evaluate_and_record(global_step)
+                    train_seconds = 0.0
+                results["seconds"] += time.time() - session_start
+                session_start = time.time()
+                if checkpoint_now or global_step == args.total_steps:
+                    save_state(global_step)
+                write_results(run_dir, results)
+                tick = time.time()
+
+        if args.total_steps == 0:
+            results["seconds"] += time.time() - session_start
+            save_state(0)
+        if args.save_model:
+            save_agent_checkpoints(run_dir, agent_ids, meta["env_kwargs"], args, [
+                {k: agent_state(m, e, len(agent_ids)) for k, m in [*modules.items(), *([("g1", g1)] if g1 is not None else [])]}
+                for e in range(len(agent_ids))])
+    writer.close()
