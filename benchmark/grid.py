@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     if args.address:
         ray.init(address=args.address, log_to_driver=False)
     else:
-        ray.init(num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)  # never another grid's
     task = ray.remote(num_cpus=args.threads_per_run, max_retries=0)(execute)
     start, attempts, pending, failed, durations = time.time(), {}, {}, [], []
 
