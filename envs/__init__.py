@@ -26,6 +26,7 @@ class InputError(SystemExit):
 REGISTRY = {
     "dg": "envs.dg",
     "matrix-game": "envs.matrix_game",
+    "cn": "envs.cn",
     "halfcheetah-2x3": "envs.recipes.mamujoco:halfcheetah_2x3",
     "walker2d-2x3": "envs.recipes.mamujoco:walker2d_2x3",
     "hopper-3x1": "envs.recipes.mamujoco:hopper_3x1",

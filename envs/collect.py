@@ -57,7 +57,7 @@ class Args:
     replay_dir: str | None = None
     """smax replay: the learner's recorded transitions (default: runs/<env-id>__mappo__1/replay)"""
     episode_len: int | None = None
-    """dg: steps of a dataset episode (ends on a time limit, not a terminal)"""
+    """dg, cn: steps of a dataset episode (ends on a time limit, not a terminal)"""
     seed: int | None = None
     """seed of the collection (agent i draws from the stream [seed, i])"""
     noise_std: float | None = None

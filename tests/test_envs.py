@@ -103,7 +103,7 @@ def _corrupt(tmp_path, drop=(), **arrays):
     data.update(arrays)
     np.savez(path / "agent_0.npz", **data)
     meta = json.loads((path / "meta.json").read_text())  # as if built before content hashes: the checks below run
-    del meta["content_sha256"]["agent_0.npz"]
+    meta["content_sha256"].pop("agent_0.npz", None)
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 
@@ -122,12 +122,12 @@ def test_nan_in_data_is_refused(tmp_path):
 
 
 def test_wrong_dtype_and_shape_are_refused(tmp_path):
-    _corrupt(tmp_path, obs=np.zeros((2000, 3), dtype=np.float32))
+    _corrupt(tmp_path / "a", obs=np.zeros((2000, 3), dtype=np.float32))
     with pytest.raises(InputError, match=r"`obs` is float32\[2000, 3\], expected float32\[2000, 2\]"):
-        dataset.load("dg", {}, TINY, str(tmp_path))
-    _corrupt(tmp_path, dones=np.zeros(2000, dtype=np.float32))
+        dataset.load("dg", {}, TINY, str(tmp_path / "a"))
+    _corrupt(tmp_path / "b", dones=np.zeros(2000, dtype=np.float32))  # a dataset of its own: a build keeps an existing one
     with pytest.raises(InputError, match="`dones` is float32"):
-        dataset.load("dg", {}, TINY, str(tmp_path))
+        dataset.load("dg", {}, TINY, str(tmp_path / "b"))
 
 
 def test_missing_array_is_refused(tmp_path):
