@@ -54,8 +54,23 @@ def main() -> None:
     args = parser.parse_args()
     metas = []
     for path in sorted(Path(args.dataset_dir).glob("*/meta.json")):
-        meta = json.loads(path.read_text())
-        if meta.get("summary"):
+        if dataset.TEMPORARY.search(path.parent.name):  # a build under way (or killed): not a dataset yet
+            continue
+        try:
+            meta = json.loads(path.read_text())
+            if not isinstance(meta, dict) or "env_id" not in meta:
+                raise ValueError("not a dataset's metadata")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            print(f"skipped {path.parent}: unreadable meta.json ({e})", file=sys.stderr)
+            continue
+        if meta.get("format_version") not in (1, dataset.FORMAT_VERSION):  # format 1 is upgraded on its first load
+            try:
+                command = dataset.rebuild_command(meta["env_id"], meta["env_kwargs"], meta["recipe"], args.dataset_dir)
+            except (SystemExit, Exception):  # an env id this code no longer knows
+                command = f"python -m envs.collect --env-id {meta['env_id']} ... --force"
+            print(f"note: {path.parent} has format {meta.get('format_version')}, the scripts read "
+                  f"{dataset.FORMAT_VERSION}; rebuild it with `{command}`", file=sys.stderr)
+        if isinstance(meta.get("summary"), list):  # envs with a dataset_summary (SMAX, multi-agent MuJoCo)
             metas.append(meta)
     smax_metas = [m for m in metas if m["env_id"] in smax.MAPS]
     mujoco_metas = [m for m in metas if m["env_id"] in mamujoco.TASKS]

@@ -1,18 +1,32 @@
 """Environments of the paper, behind one small registry.
 
-Each env module exposes `ENV_DEFAULTS` (keyword arguments of the environment),
-`RECIPE_DEFAULTS` (how its offline datasets are collected), `make(**env_kwargs)` and
-`collect(env, agent_id, **recipe, progress=None)`. An environment object has
-`n_agents`, `obs_dims`, `act_dims`, `discrete`, `eval_episode_len`,
-`reset(n_envs, rng)` and `step(actions)`, vectorised over a batch of episodes.
+Each registry entry (a module, or an object with the same attributes) exposes
+`ENV_DEFAULTS` (keyword arguments of the environment), `RECIPE_DEFAULTS` (how its offline
+datasets are collected), `make(**env_kwargs)` and `collect(env, agent_id, **recipe, progress=None)`;
+optionally `PINNED_PACKAGES` (versions a dataset records and checks), `fingerprint(recipe)`
+(a hash of what a recipe reads besides its options, e.g. behaviour weights),
+`dataset_summary(data)` and `preflight(env, recipe)` (recipe checks that need the env, run
+before a dataset folder is made). An environment object has `n_agents`, `obs_dims`,
+`act_dims`, `discrete`, `eval_episode_len`, `state_dim`, `reset(n_envs, rng)`,
+`step(actions)` and `observe(states)`, vectorised over a batch of episodes (discrete ones
+also `avail_actions()`).
 
-Layers, bottom up: adapters (envs/dg.py, matrix_game.py, mamujoco.py, smax.py, cn.py) import
-no learner; the online learners (envs/behavior/) import adapters; dataset recipes
-(envs/recipes/, envs/minari_split.py) import both. The registry names where each env id's
-entry lives and imports it on first use, so `import envs` stays light.
+Layers, bottom up, without circles (tests/test_dataset_faults.py reads them off the source):
+1. adapters -- envs/dg.py, matrix_game.py, mamujoco.py, smax.py, cn.py: environments, `make`,
+   scores, evaluation and scripted policies; they import no learner and no recipe (dg and the
+   matrix game collect with uniform or fixed policies, so their recipe lives in the adapter);
+2. online learners -- envs/behavior/sac.py, mappo.py: import adapters only;
+3. dataset recipes -- envs/recipes/mamujoco.py, smax.py, envs/minari_split.py: load the
+   learners' actors (their small load/sample functions) and run them in the adapters; the
+   registry points at them;
+4. envs/dataset.py and envs/collect.py: write, check and read dataset folders through the registry.
+The registry names where each env id's entry lives and imports it on first use, so
+`import envs` stays light. Bad input anywhere raises `InputError`: one line, no traceback.
 """
 
 import importlib
+import math
+import numbers
 
 
 class InputError(SystemExit):
@@ -54,24 +68,39 @@ def env_module(env_id: str):
     return entry
 
 
-# ranges of the options that several envs share, checked by name before anything is built or read
-POSITIVE = ("n_transitions", "n_episodes", "episode_len", "eval_episode_len", "max_steps")
-NON_NEGATIVE = ("seed", "noise_std")
+# ranges of the options the envs share, checked by name before anything is built or read (env-specific checks
+# live in each entry's `make`, `collect` and optional `preflight(env, recipe)`)
+POSITIVE_INT = ("n_transitions", "n_episodes", "episode_len", "eval_episode_len", "max_steps")
+NON_NEGATIVE_INT = ("seed",)
+NON_NEGATIVE = ("noise_std",)
 UNIT = ("uniform_prob",)
+FINITE = ("start_low", "start_high", "reward_scale")
+TEXT = ("obs", "quality", "payoff", "behavior", "behavior_dir", "replay_dir", "partition")
 
 
 def check_ranges(env_id: str, options: dict) -> None:
+    """One-line refusal of the first option of a known name whose value is of the wrong kind or out of range."""
     for name, value in options.items():
         flag = f"--{name.replace('_', '-')}"
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if name in POSITIVE + NON_NEGATIVE + UNIT and not numeric:
-            raise InputError(f"{env_id}: {flag} must be a number, got {value!r}")
-        if name in POSITIVE and not value > 0:
+        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        integer = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        if name in POSITIVE_INT + NON_NEGATIVE_INT + NON_NEGATIVE + UNIT + FINITE:
+            if not number:
+                raise InputError(f"{env_id}: {flag} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise InputError(f"{env_id}: {flag} must be a finite number, got {value}")
+        if name in POSITIVE_INT and not value > 0:
             raise InputError(f"{env_id}: {flag} must be > 0, got {value}")
+        if name in POSITIVE_INT and not integer:
+            raise InputError(f"{env_id}: {flag} must be a positive integer, got {value!r}")
+        if name in NON_NEGATIVE_INT and not (integer and value >= 0):
+            raise InputError(f"{env_id}: {flag} must be an integer >= 0, got {value!r}")
         if name in NON_NEGATIVE and not value >= 0:
             raise InputError(f"{env_id}: {flag} must be >= 0, got {value}")
         if name in UNIT and not 0 <= value <= 1:
             raise InputError(f"{env_id}: {flag} must lie in [0, 1], got {value}")
+        if name in TEXT and not isinstance(value, str):
+            raise InputError(f"{env_id}: {flag} must be a string, got {value!r}")
 
 
 def resolve(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None) -> tuple[dict, dict]:

@@ -9,6 +9,10 @@
 Options left unset take the env's defaults (see `envs/<env>.py`). The algorithm
 scripts build the default recipe themselves when it is missing; this command is for
 building ahead of time or with other recipe options. The folder name is printed.
+
+Every option is checked before anything is written. A dataset that exists is checked
+whole (metadata, every agent file's SHA-256 and arrays): a whole one is kept, a damaged
+or stale one is refused with the command that rebuilds it (`--force` replaces it).
 """
 
 import json
@@ -41,6 +45,8 @@ class Args:
     """matrix-game: payoff matrix, rows = agent 0's actions, e.g. `1,5;6,1`"""
     behavior: str | None = None
     """matrix-game: one behaviour policy per agent (a row of action probabilities), e.g. `0.8,0.2;0.4,0.6`"""
+    partition: str | None = None
+    """minari:<dataset id>: the multi-agent MuJoCo partition of the robot's joints, e.g. `2x3` (envs/minari_split.py)"""
     max_steps: int | None = None
     """smax: steps before an episode times out"""
     reward_scale: float | None = None
@@ -77,8 +83,12 @@ def main(args: Args) -> None:
     env_kwargs, recipe = envs.resolve(args.env_id, env_kwargs, recipe)
     path = dataset.dataset_path(args.dataset_dir, args.env_id, env_kwargs, recipe)
     if (path / "meta.json").exists() and not args.force:
-        dataset.load(args.env_id, env_kwargs, recipe, args.dataset_dir, build_if_missing=False)  # refuses a damaged one
-        print(f"{path} exists and is whole (use --force to rebuild)")
+        try:
+            dataset.verify(args.env_id, env_kwargs, recipe, args.dataset_dir)
+        except envs.InputError as e:
+            raise envs.InputError(f"the dataset exists but is damaged or stale: {str(e.code).removeprefix('error: ')}") from None
+        print("the dataset exists and is whole (use --force to rebuild)")
+        print(path)
         return
     path = dataset.build(args.env_id, env_kwargs, recipe, args.dataset_dir, replace=args.force)
     meta = json.loads((path / "meta.json").read_text())

@@ -26,7 +26,11 @@ pays the healthy reward only while healthy; Walker2d-v5 gives both feet the same
 Ant-v5 always charges the contact cost and observes 105 numbers, not 111), so normalised
 scores compare with the paper's only approximately.
 
-gymnasium, gymnasium_robotics, mujoco and torch are imported where first needed, so that
+This module is an adapter (envs/__init__.py): it imports no learner and no recipe. The
+dataset recipe -- loading the SAC actors and running the mixture -- is envs/recipes/mamujoco.py,
+which the registry points at; the learner is envs/behavior/sac.py.
+
+gymnasium, gymnasium_robotics and mujoco are imported where first needed, so that
 `import envs` stays light for the other envs.
 """
 

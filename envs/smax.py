@@ -29,7 +29,11 @@ Three views of the same env:
 
 Datasets (`python -m envs.collect --env-id smax-3m --quality expert`): 1e4 episodes per
 agent, each agent from its own episodes (stream [seed, agent_id]); qualities in
-`collect`'s docstring and docs/datasets.md.
+`collect`'s docstring in envs/recipes/smax.py and docs/datasets.md.
+
+This module is an adapter (envs/__init__.py): it imports no learner and no recipe. The
+dataset recipes (loading the MAPPO actors and replay, running them) are envs/recipes/smax.py,
+which the registry points at; the learner is envs/behavior/mappo.py.
 """
 
 import contextlib

@@ -97,13 +97,15 @@ def test_no_temporary_folder_is_left_behind(tmp_path):
 
 
 def _corrupt(tmp_path, drop=(), **arrays):
+    """A fresh dataset whose agent_0.npz is rewritten with other arrays, its hash stamped in meta.json, so
+    that only the array checks can object."""
     path = dataset.build("dg", {}, TINY, str(tmp_path))
     with np.load(path / "agent_0.npz") as npz:
         data = {k: npz[k] for k in npz.files if k not in drop}
     data.update(arrays)
     np.savez(path / "agent_0.npz", **data)
-    meta = json.loads((path / "meta.json").read_text())  # as if built before content hashes: the checks below run
-    meta["content_sha256"].pop("agent_0.npz", None)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["content_sha256"]["agent_0.npz"] = dataset.file_sha256(path / "agent_0.npz")
     (path / "meta.json").write_text(json.dumps(meta))
     return path
 
@@ -123,9 +125,9 @@ def test_nan_in_data_is_refused(tmp_path):
 
 def test_wrong_dtype_and_shape_are_refused(tmp_path):
     _corrupt(tmp_path / "a", obs=np.zeros((2000, 3), dtype=np.float32))
-    with pytest.raises(InputError, match=r"`obs` is float32\[2000, 3\], expected float32\[2000, 2\]"):
+    with pytest.raises(InputError, match=r"`obs` is float32\[2000, 3\], expected float32\[2000, 2\]; rebuild it with `python"):
         dataset.load("dg", {}, TINY, str(tmp_path / "a"))
-    _corrupt(tmp_path / "b", dones=np.zeros(2000, dtype=np.float32))  # a dataset of its own: a build keeps an existing one
+    _corrupt(tmp_path / "b", dones=np.zeros(2000, dtype=np.float32))
     with pytest.raises(InputError, match="`dones` is float32"):
         dataset.load("dg", {}, TINY, str(tmp_path / "b"))
 

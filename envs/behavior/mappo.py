@@ -62,6 +62,9 @@ written under a temporary name, then renamed) holds everything to resume: networ
 optimiser states, the RNG key, counters and the evaluation record. The envs are not
 stored: a resumed run starts fresh episodes (every replay stream starts with `first`), and
 the snapshots and replay chunks written after the checkpoint are removed.
+
+Layers (envs/__init__.py): this learner imports only the adapter (envs/smax.py); the dataset
+recipe (envs/recipes/smax.py) imports `load_actor` and `sample_actions` from here, never the reverse.
 """
 
 import functools

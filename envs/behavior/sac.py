@@ -26,6 +26,9 @@ temporary name, then renamed) holds everything to resume: networks, optimisers, 
 temperature, the replay buffer, step counters, RNG states, the evaluation record and the
 saved actors. The episodes in flight when it was written are not stored: a resumed run
 starts fresh episodes, which is the only way it differs from an uninterrupted one.
+
+Layers (envs/__init__.py): this learner imports only the adapter (envs/mamujoco.py); the
+dataset recipe (envs/recipes/mamujoco.py) imports `load_actor` from here, never the reverse.
 """
 
 import json

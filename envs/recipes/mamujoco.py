@@ -200,6 +200,10 @@ class Task:
     def make(self, **env_kwargs) -> MultiAgentMuJoCo:
         return make(self.env_id, **env_kwargs)
 
+    def preflight(self, env: MultiAgentMuJoCo, recipe: dict) -> None:
+        """The behaviour actors exist and fit the robot: checked before a dataset folder is made."""
+        load_behavior(env, recipe["behavior_dir"])
+
     def fingerprint(self, recipe: dict) -> str | None:
         """Hash of the behaviour actors a dataset is built from: a retrain invalidates older datasets."""
         files = [Path(recipe["behavior_dir"] or BEHAVIOR_DIR) / self.env_id / f"{level}.pt" for level in LEVELS]

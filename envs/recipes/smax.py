@@ -139,6 +139,17 @@ def replay_folder(env_id: str, recipe_dir: str = "") -> Path:
     return Path(recipe_dir or f"runs/{env_id}__mappo__1/replay")
 
 
+def replay_chunks(env: Smax, folder: Path) -> list[Path]:
+    """The learner's recorded chunks in `folder`, or a one-line refusal naming the command that records them."""
+    import envs
+
+    fix = f"train the learner with `python -m envs.behavior.mappo --env-id {env.env_id}` (it records its transitions there)"
+    chunks = sorted(folder.glob("chunk_*.npz"))
+    if not (folder / "streams.json").exists() or not chunks:
+        raise envs.InputError(f"no recorded training transitions in {folder}; {fix}")
+    return chunks
+
+
 def replay_episodes(env: Smax, agent_id: int, n_episodes: int, folder: Path, progress=None) -> dict:
     """`n_episodes` of the learner's own training episodes for agent `agent_id`, evenly spread over training.
 
@@ -147,10 +158,7 @@ def replay_episodes(env: Smax, agent_id: int, n_episodes: int, folder: Path, pro
     episodes are used (from a `first` step to a done or timeout): a resume cuts a stream."""
     import envs
 
-    fix = f"train the learner with `python -m envs.behavior.mappo --env-id {env.env_id}` (it records its transitions there)"
-    chunks = sorted(folder.glob("chunk_*.npz"))
-    if not (folder / "streams.json").exists() or not chunks:
-        raise envs.InputError(f"no recorded training transitions in {folder}; {fix}")
+    chunks = replay_chunks(env, folder)
     streams = [j for j, a in enumerate(json.loads((folder / "streams.json").read_text())["agent_of_stream"]) if a == agent_id]
 
     def episodes(keys):
@@ -229,6 +237,17 @@ class Task:
 
     def make(self, **env_kwargs) -> Smax:
         return make(self.env_id, **env_kwargs)
+
+    def preflight(self, env: Smax, recipe: dict) -> None:
+        """What the recipe reads exists and fits the map: checked before a dataset folder is made."""
+        import envs
+
+        if recipe["quality"] not in QUALITIES:
+            raise envs.InputError(f"{self.env_id}: unknown --quality {recipe['quality']!r}; pick one of {', '.join(QUALITIES)}")
+        if recipe["quality"] == "replay":
+            replay_chunks(env, replay_folder(self.env_id, recipe["replay_dir"]))
+        elif recipe["quality"] != "random":
+            load_behavior(env, recipe["quality"], recipe["behavior_dir"])
 
     def fingerprint(self, recipe: dict) -> str | None:
         """Hash of what a dataset is built from besides its options: the actor file, or the recorded replay."""
