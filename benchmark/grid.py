@@ -1,18 +1,20 @@
 """Run a paper table's grid of runs on Ray: this machine by default, a Ray cluster with --address.
 
-    python -m benchmark.grid table9 --dry-run             # the commands
-    python -m benchmark.grid table9                       # run them here, resumable (rerun after a kill)
+    python -m benchmark.grid table9 --dry-run             # the commands, each with its run's state
+    python -m benchmark.grid table9                       # run them here; rerun the same command after a kill
     python -m benchmark.grid table5 --scale paper --address auto   # on a Ray cluster (docs/scaling.md)
     python -m benchmark.report table9                     # the table, curves and paper numbers in docs/
 
 Each run is one Ray task asking for --threads-per-run CPUs, and its script gets the same
 `--threads`, so the runs never oversubscribe the cores (two one-thread dg runs side by side
 took 28.4 s here, the same two one after another with two threads 34.8 s). A run lives in
-`runs/grid/<table>/<group>__<method>__s<seed>/` (docs/results.md): a complete one is skipped,
-an unfinished one is resumed from its checkpoint (`--resume`), a failed one is retried
---retries times and then reported; the grid exits non-zero while any run has failed.
-A task runs its script as a subprocess in --workdir (default: the repository), which must
-hold the same code and datasets on every node of a cluster (a shared file system).
+`<runs root>/<table>/<group>__<method>__s<seed>/` (docs/results.md): a complete one is
+skipped, an unfinished one is resumed from its checkpoint (`--resume`), a complete one with
+fewer steps than asked is resumed to train longer (reduced -> paper scale), and a failed one
+is retried --retries times (resumed) and then reported; the grid exits non-zero while any
+run has failed. A task runs its script as a subprocess in the repository, stdout and stderr
+to the run's log.txt; on a cluster the repository, datasets and runs root must sit at the
+same path on every node (a shared file system), see docs/scaling.md.
 """
 
 import argparse
@@ -20,9 +22,11 @@ import ctypes
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,20 +34,25 @@ from pathlib import Path
 from benchmark import specs
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RUNS_ROOT = ROOT / "runs" / "grid"
 
 
 @dataclass
 class Run:
-    name: str  # <table>/<group>__<method>__s<seed>
-    script: str
-    flags: list[str]
+    name: str  # <table>/<group>__<method>__s<seed>, its folder under the runs root
+    script: str  # relative to the repository, or absolute
+    flags: list[str]  # everything but --run-name, --threads and --dataset-dir
+    steps: int  # --total-steps, also among the flags
+    group: str  # the spec's group and method names, for the report
+    method: str
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", text).strip("_")
 
 
-def expand(table_name: str, table: specs.Table, scale: str, seeds: list[int] | None, only: str | None) -> list[Run]:
+def expand(table_name: str, table: specs.Table, scale: str, seeds: list[int] | None = None, only: str | None = None) -> list[Run]:
+    """Every run of the table at this scale, group by group, method by method, seed by seed."""
     runs = []
     for group in table.groups:
         for method, (script, flags) in group.methods.items():
@@ -51,129 +60,223 @@ def expand(table_name: str, table: specs.Table, scale: str, seeds: list[int] | N
                 name = f"{table_name}/{slug(group.name)}__{slug(method)}__s{seed}"
                 if only and only not in name:
                     continue
-                runs.append(Run(name, script, [*group.flags, *flags, "--seed", str(seed), "--total-steps", str(group.steps[scale])]))
+                steps = group.steps[scale]
+                runs.append(Run(name, script, [*group.flags, *flags, "--seed", str(seed), "--total-steps", str(steps)], steps,
+                                group.name, method))
     return runs
 
 
-def status(workdir: Path, run: Run) -> str:
-    """complete, running (a live process on this host), resumable (a results.json to go on from) or new."""
-    path = workdir / "runs" / "grid" / run.name / "results.json"
-    if not path.exists():
-        return "new"
+def read_results(run_dir: Path) -> dict | None:
     try:
-        results = json.loads(path.read_text())
-    except ValueError:
-        return "new"
-    if results.get("status") == "complete":
+        return json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):  # absent; never half-written (the scripts rename into place)
+        return None
+
+
+def state(run_dir: Path, steps: int) -> str:
+    """new, complete (with at least `steps`), running (a live process on this host) or resumable (the rest:
+    killed, interrupted, failed, or complete with fewer steps than asked)."""
+    results = read_results(run_dir)
+    if results is None:
+        return "new" if not (run_dir / "results.json").exists() else "resumable"
+    if results.get("status") == "complete" and results.get("args", {}).get("total_steps", 0) >= steps:
         return "complete"
     if results.get("status") == "running" and results.get("host") == os.uname().nodename:
         try:
             os.kill(int(results["pid"]), 0)
             return "running"
-        except (ProcessLookupError, KeyError, ValueError, TypeError):
+        except (ProcessLookupError, PermissionError, KeyError, ValueError, TypeError):
             pass
     return "resumable"
 
 
-def command(workdir: Path, run: Run, threads: int, dataset_dir: str | None) -> list[str]:
+def script_run_name(run_dir: Path) -> str:
+    """What --run-name must say for the script (which writes `runs/{run_name}` in the repository) to write into run_dir."""
+    try:
+        return str(run_dir.relative_to(ROOT / "runs"))
+    except ValueError:
+        return str(run_dir)  # an absolute run name: Path("runs") / "/x" is "/x"
+
+
+def command(run: Run, run_dir: Path, threads: int, dataset_dir: str | None) -> list[str]:
+    """A fresh run, or --resume for one that has a results.json (with --total-steps, which a resume may raise)."""
     cmd = [sys.executable, str(ROOT / run.script)]
-    if status(workdir, run) == "resumable":
-        cmd += ["--resume", str(Path("runs") / "grid" / run.name)]
+    if state(run_dir, run.steps) == "resumable":
+        cmd += ["--resume", str(run_dir), "--total-steps", str(run.steps)]
     else:
-        cmd += [*run.flags, "--run-name", f"grid/{run.name}"]
+        cmd += [*run.flags, "--run-name", script_run_name(run_dir)]
         if dataset_dir:
             cmd += ["--dataset-dir", dataset_dir]
     return cmd + ["--threads", str(threads)]
 
 
-def execute(cmd: list[str], workdir: str, log: str) -> int:
-    """One run as a subprocess (the body of a Ray task). The child gets SIGTERM if this worker dies, so a
-    killed grid leaves no orphan training and the run records itself as interrupted."""
+def shown(cmd: list[str]) -> str:
+    """A command as a user would type it in the repository: `python matd3bc.py ...`."""
+    script = Path(cmd[1])
+    return shlex.join(["python", str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else str(script), *cmd[2:]])
+
+
+def execute(cmd: list[str], cwd: str, log: str, threads: int = 1) -> int:
+    """One run as a subprocess: the body of a Ray task, returning the script's exit code.
+
+    The child is polled rather than waited on, so that ray.cancel's KeyboardInterrupt reaches this
+    loop; the child then gets SIGTERM and records itself as interrupted. PR_SET_PDEATHSIG sends the
+    same SIGTERM if the worker dies without cancelling, so a lost grid leaves no orphan training. The
+    child has its own session: a Ctrl-C in the grid's terminal goes to the grid, which stops the runs."""
     Path(log).parent.mkdir(parents=True, exist_ok=True)
-
-    def die_with_parent():
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-    env = {**os.environ, "TQDM_MININTERVAL": "30", "PYTHONUNBUFFERED": "1"}
+    prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None  # looked up before the fork
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "TQDM_MININTERVAL": "30", "PYTHONUNBUFFERED": "1"}
     with open(log, "a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        return subprocess.call(cmd, cwd=workdir, env=env, stdout=f, stderr=subprocess.STDOUT,
-                               preexec_fn=die_with_parent if sys.platform == "linux" else None)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=(lambda: prctl(1, signal.SIGTERM)) if prctl else None)  # 1: PR_SET_PDEATHSIG
+        try:
+            while proc.poll() is None:
+                time.sleep(0.5)
+            return proc.returncode
+        except BaseException:
+            proc.terminate()
+            proc.wait(timeout=120)
+            raise
+
+
+def progress(start: float, counts: dict, durations: list[float], slots: int) -> str:
+    """One line: runs done / running / queued / failed / skipped, and an ETA from the mean duration of the
+    runs finished so far, assuming the rest run `slots` at a time."""
+    line = (f"[{time.strftime('%H:%M:%S')} +{(time.time() - start) / 60:.1f} min] done {counts['done']}, "
+            f"running {counts['running']}, queued {counts['queued']}, failed {counts['failed']}, skipped {counts['skipped']}")
+    left = counts["running"] + counts["queued"]
+    if durations and left:
+        line += f", ETA {sum(durations) / len(durations) * left / max(1, min(slots, left)) / 60:.1f} min"
+    return line
+
+
+def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, dataset_dir: str | None) -> tuple[int, list[str]]:
+    """Every run not complete as a Ray task (Ray already initialised); returns (finished here, failed names)."""
+    import ray
+
+    task = ray.remote(num_cpus=threads, max_retries=0)(execute)  # a retry is a resume, decided here
+    states = {run.name: state(runs_root / run.name, run.steps) for run in runs}
+    todo = [run for run in runs if states[run.name] in ("new", "resumable")]
+    busy = [run.name for run in runs if states[run.name] == "running"]
+    counts = dict(done=0, running=0, queued=0, failed=0, skipped=len(runs) - len(todo) - len(busy))
+    print(f"{len(runs)} runs: {counts['skipped']} complete (skipped), {len(busy)} running in another process (skipped), "
+          f"{sum(states[r.name] == 'resumable' for r in todo)} to resume, {sum(states[r.name] == 'new' for r in todo)} to start",
+          flush=True)
+    counts["skipped"] += len(busy)
+    start, attempts, pending, failed, durations = time.time(), {}, {}, [], []
+
+    def submit(run):
+        attempts[run.name] = attempts.get(run.name, 0) + 1
+        run_dir = runs_root / run.name
+        ref = task.remote(command(run, run_dir, threads, dataset_dir), str(ROOT), str(run_dir / "log.txt"), threads)
+        pending[ref] = (run, time.time())
+
+    def report_progress():
+        slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
+        counts["running"] = min(len(pending), slots)
+        counts["queued"] = len(pending) - counts["running"]
+        print(progress(start, counts, durations, slots), flush=True)
+
+    try:
+        for run in todo:
+            submit(run)
+        last_print = 0.0
+        while pending:
+            if STOP.is_set():  # a Ctrl-C that a Ray call swallowed
+                raise KeyboardInterrupt
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=1)
+            for ref in ready:
+                run, began = pending.pop(ref)
+                try:
+                    code = ray.get(ref)
+                except ray.exceptions.RayError as e:  # the worker or its node died
+                    code = f"{type(e).__name__}"
+                if code == 0 and state(runs_root / run.name, run.steps) == "complete":
+                    counts["done"] += 1
+                    durations.append(time.time() - began)
+                elif attempts[run.name] <= retries:
+                    print(f"run {run.name} failed (exit {code}); retry {attempts[run.name]} of {retries}, resuming", flush=True)
+                    submit(run)
+                else:
+                    counts["failed"] += 1
+                    failed.append(run.name)
+                    print(f"run {run.name} FAILED (exit {code}) after {attempts[run.name]} attempts: "
+                          f"{(read_results(runs_root / run.name) or {}).get('error') or 'see its log'}; "
+                          f"log: {runs_root / run.name / 'log.txt'}", flush=True)
+            if ready or time.time() - last_print > 60:
+                report_progress()
+                last_print = time.time()
+    except KeyboardInterrupt:
+        print(f"interrupted: stopping {len(pending)} runs (they record themselves as interrupted); "
+              "rerun the same command to resume them", flush=True)
+        for ref in pending:
+            ray.cancel(ref)
+        ray.wait(list(pending), num_returns=len(pending), timeout=150)
+        raise
+    return counts["done"], failed
+
+
+STOP = threading.Event()
+
+
+def stop(signum, frame):
+    """Ctrl-C or SIGTERM: stop the grid. Also remembered, in case a Ray call swallows the KeyboardInterrupt."""
+    STOP.set()
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", help=f"one of {', '.join(specs.TABLES)} (or a name for --spec-file)")
-    parser.add_argument("--scale", choices=["reduced", "paper"], default="reduced", help="the stated reduced scale or the paper's")
-    parser.add_argument("--seeds", type=int, nargs="+", help="override the spec's seeds")
-    parser.add_argument("--only", help="run only the runs whose name contains this")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands and exit")
-    parser.add_argument("--address", help="a Ray cluster to run on (e.g. `auto` on a node of it); default: a Ray instance here")
-    parser.add_argument("--threads-per-run", type=int, default=1, help="CPUs a run asks Ray for, and its --threads")
-    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: this machine's)")
-    parser.add_argument("--retries", type=int, default=2, help="resubmissions of a failed run before it is reported")
-    parser.add_argument("--workdir", default=str(ROOT), help="where runs/ and datasets/ live (the scripts' working directory)")
-    parser.add_argument("--dataset-dir", help="passed to every run (default: the scripts' own, datasets/ or ODMARL_DATASET_DIR)")
+    parser.add_argument("--scale", choices=["reduced", "paper"], default="reduced", help="the stated reduced scale (default) or the paper's")
+    parser.add_argument("--seeds", type=int, nargs="+", help="these seeds instead of the spec's")
+    parser.add_argument("--only", help="only the runs whose name (<table>/<group>__<method>__s<seed>) contains this")
+    parser.add_argument("--dry-run", action="store_true", help="print each run's state and command, and exit")
+    parser.add_argument("--runs-root", default=str(DEFAULT_RUNS_ROOT), help="where the runs live (default: runs/grid of the repository)")
+    parser.add_argument("--address", help="a Ray cluster (`auto` on one of its nodes, or host:port); default: a new Ray instance here")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: this machine's cores)")
+    parser.add_argument("--threads-per-run", type=int, default=1, help="CPUs a run asks Ray for, and its --threads (default 1)")
+    parser.add_argument("--retries", type=int, default=2, help="resumes of a failed run before it is reported (default 2)")
+    parser.add_argument("--dataset-dir", help="passed to every new run (default: the scripts' own, datasets/ or ODMARL_DATASET_DIR)")
     parser.add_argument("--spec-file", help="a table as JSON (benchmark/specs.py's fields) instead of a named one")
     args = parser.parse_args(argv)
     if args.threads_per_run < 1 or args.retries < 0:
-        raise SystemExit("error: --threads-per-run must be >= 1 and --retries >= 0")
+        parser.error("--threads-per-run must be >= 1 and --retries >= 0")
     table = specs.load(args.table, args.spec_file)
-    workdir = Path(args.workdir).resolve()
+    runs_root = Path(args.runs_root).resolve()
     runs = expand(args.table, table, args.scale, args.seeds, args.only)
+    if not runs:
+        parser.error(f"no run of {args.table} matches --only {args.only!r}")
     if args.dry_run:
         for run in runs:
-            print(f"[{status(workdir, run)}] " + " ".join(command(workdir, run, args.threads_per_run, args.dataset_dir)[1:]))
+            run_dir = runs_root / run.name
+            print(f"[{state(run_dir, run.steps)}] {shown(command(run, run_dir, args.threads_per_run, args.dataset_dir))}")
         return 0
 
     import ray
 
-    todo = [r for r in runs if status(workdir, r) not in ("complete", "running")]
-    busy = [r.name for r in runs if status(workdir, r) == "running"]
-    print(f"{args.table}: {len(runs)} runs, {len(runs) - len(todo) - len(busy)} complete, {len(busy)} running elsewhere, {len(todo)} to run")
-    if not todo:
-        return 0
-    if args.address:
+    started_ray = not ray.is_initialized()  # a caller (a test, a notebook) may have connected already
+    if started_ray and args.address:
         ray.init(address=args.address, log_to_driver=False)
-    else:
-        ray.init(address="local", num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)  # never another grid's
-    task = ray.remote(num_cpus=args.threads_per_run, max_retries=0)(execute)
-    start, attempts, pending, failed, durations = time.time(), {}, {}, [], []
-
-    def submit(run):
-        attempts[run.name] = attempts.get(run.name, 0) + 1
-        log = str(workdir / "runs" / "grid" / run.name / "log.txt")
-        ref = task.remote(command(workdir, run, args.threads_per_run, args.dataset_dir), str(workdir), log)
-        pending[ref] = (run, time.time())
-
+    elif started_ray:  # address="local": never attach to another grid's instance on this machine
+        ray.init(address="local", num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    STOP.clear()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # `kill` stops the runs as Ctrl-C does
+    start = time.time()
     try:
-        for run in todo:
-            submit(run)
-        done = 0
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=30)
-            for ref in ready:
-                run, began = pending.pop(ref)
-                code = ray.get(ref)
-                if code == 0 and status(workdir, run) == "complete":
-                    done += 1
-                    durations.append(time.time() - began)
-                elif attempts[run.name] <= args.retries:
-                    print(f"run {run.name} failed (exit {code}); retry {attempts[run.name]} of {args.retries}, resuming")
-                    submit(run)
-                else:
-                    failed.append(run.name)
-                    print(f"run {run.name} FAILED (exit {code}) after {attempts[run.name]} attempts: see runs/grid/{run.name}/log.txt")
-            left = len(pending) + 0
-            eta = ""
-            if durations:
-                slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // args.threads_per_run)
-                eta = f", ETA {sum(durations) / len(durations) * left / min(slots, max(left, 1)) / 60:.0f} min"
-            print(f"[{time.time() - start:7.0f} s] done {done}, running/queued {left}, failed {len(failed)}{eta}", flush=True)
+        done, failed = run_grid(runs, runs_root, args.threads_per_run, args.retries, args.dataset_dir)
+    except KeyboardInterrupt:
+        return 130
     finally:
-        ray.shutdown()
-    print(f"{args.table}: {done} finished here in {time.time() - start:.0f} s; {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if started_ray:
+            ray.shutdown()
+    print(f"{args.table}: {done} runs finished here in {(time.time() - start) / 60:.1f} min; {len(failed)} failed"
+          + (": " + ", ".join(failed) if failed else ""), flush=True)
     return 1 if failed else 0
 
 

@@ -1,18 +1,21 @@
 """A paper table from its grid's results.json files: markdown with the paper's numbers, and learning curves.
 
-    python -m benchmark.report table9                 # docs/results/table9.md, docs/img/table9_*.png
-    python -m benchmark.report table9 --out /tmp/r    # elsewhere
+    python -m benchmark.report table9                         # docs/results/table9.md, docs/img/table9_*.png
+    python -m benchmark.report table5 --scale paper           # the runs of `benchmark.grid table5 --scale paper`
+    python -m benchmark.report table9 --out /tmp/r            # elsewhere
 
-Reads only `runs/grid/<table>/*/results.json` (docs/results.md) under --workdir; only complete
-runs count, unfinished or missing ones are listed. Per cell: mean ± std over seeds of the
-final value of the table's metric, n, and the interquartile mean with a 95% stratified
-bootstrap interval over seeds (rliable, Agarwal et al. 2021).
+Reads only `<runs root>/<table>/*/results.json` (docs/results.md). Only complete runs count,
+and from each the evaluation at the scale's step (the last one, or an earlier one of a run
+trained longer); the others are listed as missing, with why. Per cell: mean ± std over seeds
+of that evaluation's metric, n, and the interquartile mean with a 95% stratified bootstrap
+interval over seeds (rliable, Agarwal et al. 2021); for tables whose cells share one scale,
+also an IQM per method over every group and seed. Curves: mean ± std over seeds, x = step.
 """
 
 import argparse
-import json
 import os
 import platform
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,42 +27,51 @@ from benchmark import grid, specs
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def collect(workdir: Path, table_name: str, table: specs.Table, scale: str):
-    """{(group, method): [results of complete runs]}, and the names of runs not complete."""
-    cells, missing = {}, []
-    for run in grid.expand(table_name, table, scale, None, None):
-        group, method, _ = Path(run.name).name.split("__")
-        path = workdir / "runs" / "grid" / run.name / "results.json"
-        results = json.loads(path.read_text()) if path.exists() else None
-        if results is None or results.get("status") != "complete":
-            missing.append(run.name)
-            continue
-        cells.setdefault((group, method), []).append(results)
-    return cells, missing
+def collect(runs_root: Path, runs: list[grid.Run]) -> tuple[dict, list[str]]:
+    """{run name: (results, its evaluation at the run's steps)} of complete runs, and the others, each with why."""
+    found, missing = {}, []
+    for run in runs:
+        results = grid.read_results(runs_root / run.name)
+        entry = next((e for e in (results or {}).get("evaluations", []) if e.get("step") == run.steps), None)
+        if results is None:
+            missing.append(f"`{run.name}` (not run)")
+        elif results.get("status") != "complete":
+            why = results.get("error") or f"at step {(results.get('final') or {}).get('step', 0)}"
+            missing.append(f"`{run.name}` ({results.get('status')}: {why})")
+        elif entry is None:
+            missing.append(f"`{run.name}` (complete, but no evaluation at step {run.steps})")
+        else:
+            found[run.name] = (results, entry)
+    return found, missing
 
 
-def iqm_interval(values: np.ndarray, reps: int) -> tuple[float, float, float]:
+def iqm_interval(scores: np.ndarray, reps: int) -> tuple[float, float, float]:
+    """IQM of a [seeds, groups] score matrix and its 95% interval, resampling seeds within each group."""
     from rliable import library as rly
     from rliable import metrics
 
-    point, interval = rly.get_interval_estimates({"x": values.reshape(-1, 1)}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps)
-    return float(point["x"][0]), float(interval["x"][0, 0]), float(interval["x"][1, 0])
+    if scores.shape[0] < 2:  # nothing to resample
+        value = float(metrics.aggregate_iqm(scores))
+        return value, value, value
+    point, interval = rly.get_interval_estimates({"m": scores}, lambda x: np.array([metrics.aggregate_iqm(x)]), reps=reps)
+    return float(point["m"][0]), float(interval["m"][0, 0]), float(interval["m"][1, 0])
 
 
-def curves(path: Path, title: str, series: dict[str, list[dict]], metric: str) -> None:
+def curves(path: Path, title: str, series: dict[str, list[list[dict]]], metric: str) -> None:
+    """Mean ± std over seeds of `metric` against the step, one line per method, at the steps every seed evaluated."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for method, runs in series.items():
-        steps = sorted(set.intersection(*[{e["step"] for e in r["evaluations"] if metric in e} for r in runs]))
+    for method, evaluations in series.items():
+        steps = sorted(set.intersection(*[{e["step"] for e in evals if metric in e} for evals in evaluations]))
         if not steps:
             continue
-        values = np.array([[next(e[metric] for e in r["evaluations"] if e["step"] == s) for s in steps] for r in runs])
+        values = np.array([[next(e[metric] for e in evals if e["step"] == s) for s in steps] for evals in evaluations])
         mean, std = values.mean(0), values.std(0)
-        ax.plot(steps, mean, label=f"{method} ({len(runs)} seeds)")
+        ax.plot(steps, mean, label=f"{method} ({len(evaluations)} seeds)")
         ax.fill_between(steps, mean - std, mean + std, alpha=0.2)
     ax.set(xlabel="gradient steps per agent", ylabel=metric.replace("_", " "), title=title)
     ax.grid(alpha=0.3)
@@ -70,57 +82,102 @@ def curves(path: Path, title: str, series: dict[str, list[dict]], metric: str) -
     plt.close(fig)
 
 
+def mean_std(values) -> str:
+    values = [v for v in values if v is not None]
+    return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else ""
+
+
+def grid_command(args) -> str:
+    """The `benchmark.grid` command that makes (or completes) the runs this page reports."""
+    words = ["python", "-m", "benchmark.grid", args.table]
+    if args.scale != "reduced":
+        words += ["--scale", args.scale]
+    if args.seeds:
+        words += ["--seeds", *map(str, args.seeds)]
+    if Path(args.runs_root).resolve() != grid.DEFAULT_RUNS_ROOT:
+        words += ["--runs-root", args.runs_root]
+    if args.spec_file:
+        words += ["--spec-file", args.spec_file]
+    return shlex.join(words)
+
+
+def machine(found: dict) -> str:
+    """Where the runs ran (results.json `host`, `threads`, `versions`) and their CPU time (`seconds` x threads)."""
+    hosts, cpu_seconds, versions = {}, 0.0, set()
+    for results, _ in found.values():
+        hosts[results.get("host")] = hosts.get(results.get("host"), 0) + 1
+        threads = results.get("threads")
+        cpu_seconds += results.get("seconds", 0.0) * (threads if isinstance(threads, int) else 1)
+        versions.add(", ".join(f"{k} {v}" for k, v in (results.get("versions") or {}).items() if k in ("python", "torch")))
+    return (f"Runs on {', '.join(f'`{h}` ({n} runs)' for h, n in hosts.items())}; versions: {'; '.join(sorted(versions))}. "
+            f"Total CPU time of the runs shown: {cpu_seconds / 3600:.2f} CPU-hours (results.json `seconds` x `threads`, "
+            f"summed over resumes). Report written on {platform.platform()}, {os.cpu_count()} cores.")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table")
-    parser.add_argument("--scale", choices=["reduced", "paper"], default="reduced")
-    parser.add_argument("--workdir", default=str(ROOT), help="where runs/ lives")
-    parser.add_argument("--out", default=str(ROOT / "docs"), help="results/<table>.md and img/<table>_*.png go here")
+    parser.add_argument("table", help=f"one of {', '.join(specs.TABLES)} (or a name for --spec-file)")
+    parser.add_argument("--scale", choices=["reduced", "paper"], default="reduced", help="as given to benchmark.grid")
+    parser.add_argument("--seeds", type=int, nargs="+", help="as given to benchmark.grid")
+    parser.add_argument("--runs-root", default=str(grid.DEFAULT_RUNS_ROOT), help="as given to benchmark.grid (default: runs/grid)")
     parser.add_argument("--spec-file", help="the table as JSON, as given to benchmark.grid")
-    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the IQM interval")
+    parser.add_argument("--out", default=str(ROOT / "docs"), help="results/<table>.md and img/<table>_*.png go here (default: docs/)")
+    parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the IQM intervals (default 2000)")
     args = parser.parse_args(argv)
     table = specs.load(args.table, args.spec_file)
-    workdir, out = Path(args.workdir).resolve(), Path(args.out)
-    cells, missing = collect(workdir, args.table, table, args.scale)
-    lines = [f"# {table.title}", "",
-             f"Made by `python -m benchmark.grid {args.table}{' --scale paper' if args.scale == 'paper' else ''}` then "
-             f"`python -m benchmark.report {args.table}` ({time.strftime('%Y-%m-%d')}), from the runs' results.json. "
-             f"Machine: {platform.system()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}.", ""]
+    runs_root, out = Path(args.runs_root).resolve(), Path(args.out)
+    runs = grid.expand(args.table, table, args.scale, args.seeds)
+    found, missing = collect(runs_root, runs)
+    lines = [f"# {table.title}", "", f"Made by `{grid_command(args)}` and `python -m benchmark.report {args.table}"
+             f"{' --scale paper' if args.scale == 'paper' else ''}` on {time.strftime('%Y-%m-%d')}. "
+             f"{len(found)} of {len(runs)} runs complete. " + (machine(found) if found else ""), ""]
     if table.note:
         lines += [table.note, ""]
-    cpu_seconds = 0.0
+    lines += ["Mean ± std over seeds (population std) of each run's evaluation at the last step, n seeds; "
+              f"IQM with a 95% bootstrap interval over seeds (rliable, {args.reps} resamples).", ""]
+    per_method = {}  # method -> {group: [seed values]} for the aggregate
     for group in table.groups:
         gname = grid.slug(group.name)
-        present = {m: cells.get((gname, grid.slug(m)), []) for m in group.methods}
-        if not any(present.values()):
-            continue
+        cells = {m: [found[r.name] for r in runs if (r.group, r.method) == (group.name, m) and r.name in found]
+                 for m in group.methods}
         steps = group.steps[args.scale]
-        lines += [f"## {group.name}", "", f"`{' '.join(group.flags)}`, {steps} steps, final `{group.metric}`"
-                  + (f" (and {', '.join(group.extra_metrics)})" if group.extra_metrics else "") + ":", ""]
-        header = ["method", "mean ± std (n)", "IQM [95% CI]", *group.extra_metrics, "paper"]
+        lines += [f"## {group.name}", "", f"`{' '.join(group.flags)}`, {steps} steps, `{group.metric}`:", ""]
+        header = ["method", f"{group.metric} mean ± std (n)", "IQM [95% CI]", *group.extra_metrics, "paper"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        for method, runs in present.items():
-            if not runs:
-                lines.append(f"| {method} | missing | | {' | '.join('' for _ in group.extra_metrics)}{' | ' if group.extra_metrics else ''}{group.paper.get(method, '')} |")
-                continue
-            values = np.array([r["final"][group.metric] for r in runs])
-            point, low, high = iqm_interval(values, args.reps) if len(values) > 1 else (values[0], values[0], values[0])
-            extras = [f"{np.mean([r['final'].get(k, np.nan) for r in runs]):.2f}" for k in group.extra_metrics]
-            lines.append(f"| {method} | {values.mean():.2f} ± {values.std():.2f} ({len(values)}) | {point:.2f} [{low:.2f}, {high:.2f}] | "
-                         + "".join(f"{e} | " for e in extras) + f"{group.paper.get(method, '')} |")
-            cpu_seconds += sum(r.get("seconds", 0.0) for r in runs)
-        image = out / "img" / f"{args.table}_{gname}.png"
-        curves(image, f"{args.table}: {group.name}", {m: r for m, r in present.items() if r}, group.metric)
-        lines += ["", f"![{group.name}](../img/{image.name})", ""]
-    lines += [f"Training time of the runs shown: {cpu_seconds / 3600:.2f} hours (sum over runs of results.json `seconds`).", ""]
+        for method, cell in cells.items():
+            values = np.array([entry[group.metric] for _, entry in cell])
+            if len(values):
+                point, low, high = iqm_interval(values.reshape(-1, 1), args.reps)
+                per_method.setdefault(method, {})[group.name] = values
+                row = [method, f"{mean_std(values)} ({len(values)})", f"{point:.2f} [{low:.2f}, {high:.2f}]",
+                       *(mean_std([entry.get(k) for _, entry in cell]) for k in group.extra_metrics)]
+            else:
+                row = [method, "missing", "", *("" for _ in group.extra_metrics)]
+            lines.append("| " + " | ".join([*row, group.paper.get(method, "")]) + " |")
+        if any(cells.values()):
+            image = out / "img" / f"{args.table}_{gname}.png"
+            curves(image, f"{args.table}: {group.name}", {m: [[e for e in r["evaluations"] if e["step"] <= steps] for r, _ in c]
+                                                          for m, c in cells.items() if c}, group.metric)
+            lines += ["", f"![{group.name}](../img/{image.name})"]
+        lines.append("")
+    if table.aggregate and per_method:
+        lines += ["## All groups", "", "IQM over every group and seed, the bootstrap resampling seeds within each group "
+                  "(methods with the same number of complete seeds in every group only):", "",
+                  "| method | groups | IQM [95% CI] |", "|---|---|---|"]
+        for method, by_group in per_method.items():
+            sizes = {len(v) for v in by_group.values()}
+            if len(sizes) == 1:
+                point, low, high = iqm_interval(np.stack(list(by_group.values()), axis=1), args.reps)
+                lines.append(f"| {method} | {len(by_group)} | {point:.2f} [{low:.2f}, {high:.2f}] |")
+        lines.append("")
     if missing:
-        lines += [f"Not complete ({len(missing)}): " + ", ".join(f"`{m}`" for m in missing), ""]
+        lines += [f"Missing ({len(missing)}):", "", *(f"- {m}" for m in missing), ""]
     target = out / "results" / f"{args.table}.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text("\n".join(lines))
     os.replace(tmp, target)
-    print(f"{target}: {sum(len(v) for v in cells.values())} complete runs, {len(missing)} missing")
+    print(f"{target}: {len(found)} complete runs, {len(missing)} missing")
     return 0
 
 

@@ -2,10 +2,12 @@
 
 A table is a list of groups; a group is one environment setting (a row block of the paper's
 table) run with every method of the group over seeds. A run is named
-`<table>/<group>__<method>__s<seed>` under `runs/grid/`, so a rerun finds it. `paper` holds
-the paper's number for each (group, method), as printed there, for the report.
+`<table>/<group>__<method>__s<seed>` under the grid's runs root (`runs/grid/`), so a rerun
+finds it. `paper` holds the paper's number for each (group, method), as printed there, for
+the report. `python -m benchmark.grid <table> --dry-run` prints what a table expands to.
 """
 
+import json
 from dataclasses import dataclass, field
 
 
@@ -14,10 +16,10 @@ class Group:
     name: str  # the row of the paper's table, also the run-name prefix
     flags: list[str]  # env and dataset flags common to the group's methods
     methods: dict[str, tuple[str, list[str]]]  # method -> (script, its flags)
-    steps: dict[str, int]  # scale -> --total-steps
+    steps: dict[str, int]  # scale ("reduced", "paper") -> --total-steps
     seeds: dict[str, list[int]]  # scale -> seeds
-    metric: str = "team_return"  # what the report tabulates (results.json `final`)
-    extra_metrics: tuple[str, ...] = ()
+    metric: str = "team_return"  # what the report tabulates (an evaluation entry of results.json)
+    extra_metrics: tuple[str, ...] = ()  # tabulated beside it (win_rate, Tables 6 and 7's measures)
     paper: dict[str, str] = field(default_factory=dict)  # method -> the paper's number
 
 
@@ -26,10 +28,14 @@ class Table:
     title: str
     groups: list[Group]
     note: str = ""
+    # the groups' metric shares one scale (normalised scores, SMAX returns), so the report adds an
+    # IQM over every group and seed per method, bootstrapped within groups (rliable's stratified bootstrap)
+    aggregate: bool = False
 
 
 SEEDS3 = {"reduced": [1, 2, 3], "paper": [1, 2, 3, 4, 5]}
 SEEDS5 = {"reduced": [1, 2, 3, 4, 5], "paper": [1, 2, 3, 4, 5]}
+ANALYSIS = ("value_difference", "extrapolation_error")  # Tables 6 and 7 of the paper
 
 
 def _table2_4() -> Table:
@@ -47,9 +53,9 @@ def _table9() -> Table:
     common = ["--env-id", "dg", "--eval-freq", "2500"]
     return Table("Table 9: differential game (team return of a 100-step episode)", [
         Group("dg-full", [*common, "--obs", "full"], methods, {"reduced": 30_000, "paper": 30_000}, SEEDS5,
-              paper={"MATD3+BC": "46.5 ± 0.9", "TD3+BC": "38.9 ± 0.8"}),
+              extra_metrics=ANALYSIS, paper={"MATD3+BC": "46.5 ± 0.9", "TD3+BC": "38.9 ± 0.8"}),
         Group("dg-partial", [*common, "--obs", "partial"], methods, {"reduced": 100_000, "paper": 100_000}, SEEDS5,
-              paper={"MATD3+BC": "31.4 ± 0.6", "TD3+BC": "20.7 ± 0.6"}),
+              extra_metrics=ANALYSIS, paper={"MATD3+BC": "31.4 ± 0.6", "TD3+BC": "20.7 ± 0.6"}),
     ], note="Steps as in docs/matd3bc.md: 30k (full observation), 100k (partial).")
 
 
@@ -76,10 +82,10 @@ def _table5() -> Table:
         groups.append(Group(env_id, ["--env-id", env_id, "--eval-freq", "5000", "--eval-episodes", "10"],
                             {m: ("mabcq_continuous.py", rows[m]) for m in names},
                             {"reduced": 50_000, "paper": 300_000}, SEEDS3, metric="normalized_score",
-                            extra_metrics=("value_difference", "extrapolation_error"),
+                            extra_metrics=ANALYSIS,
                             paper={m: paper[env_id][list(rows).index(m)] for m in names}))
-    return Table("Table 5: multi-agent MuJoCo (D4RL-normalised score)", groups,
-                 note="The paper does not state its steps; 'paper' scale here is 3e5 gradient steps, our choice.")
+    return Table("Table 5: multi-agent MuJoCo (D4RL-normalised score)", groups, aggregate=True,
+                 note="The paper does not state its number of gradient steps; the 'paper' scale here (3e5) is our choice.")
 
 
 def _table8() -> Table:
@@ -101,8 +107,10 @@ def _table8() -> Table:
             groups.append(Group(f"{quality}-{smax_map}", ["--env-id", f"smax-{smax_map}", "--quality", quality, "--eval-freq", "5000"],
                                 methods, {"reduced": 30_000, "paper": 100_000}, SEEDS3, extra_metrics=("win_rate",),
                                 paper=dict(zip(methods, paper[(quality, smax_map)]))))
-    return Table("Table 8: SMAC on SMAX (team return, a win returns 20)", groups,
-                 note="The paper's SMAC runs the StarCraft II engine and QMIX behaviour policies; here SMAX and MAPPO (docs/datasets.md).")
+    return Table("Table 8: SMAC on SMAX (team return, a win returns 20)", groups, aggregate=True,
+                 note="The paper's SMAC runs the StarCraft II engine and QMIX behaviour policies; here SMAX and MAPPO "
+                      "(docs/datasets.md). The paper does not state its number of gradient steps; the 'paper' scale "
+                      "here (1e5) is our choice.")
 
 
 def _table10() -> Table:
@@ -124,7 +132,7 @@ def _table10() -> Table:
                                                        "--eval-episodes", "10", "--batch-size", "256"],
                                 methods, {"reduced": 100_000, "paper": 1_000_000}, SEEDS3, metric="normalized_score",
                                 paper=dict(zip(methods, paper.get((quality, robot), ["-"] * 3)))))
-    return Table("Table 10: D4RL-like Minari datasets split per agent (D4RL-normalised score)", groups,
+    return Table("Table 10: D4RL-like Minari datasets split per agent (D4RL-normalised score)", groups, aggregate=True,
                  note="Datasets built here from the shipped SAC actors (envs/minari_split.py; D4RL itself is not reachable). "
                       "The paper's 'replay' rows need a replay buffer we do not have; 'expert' has no paper number.")
 
@@ -132,7 +140,8 @@ def _table10() -> Table:
 def _fig1d() -> Table:
     methods = {"MATD3+BC": ("matd3bc.py", []), "TD3+BC": ("matd3bc.py", ["--no-vd", "--no-tn"])}
     return Table("Figure 1d: cooperative navigation (learning curves)", [
-        Group("cn", ["--env-id", "cn", "--eval-freq", "5000"], methods, {"reduced": 100_000, "paper": 1_000_000}, SEEDS3)])
+        Group("cn", ["--env-id", "cn", "--eval-freq", "5000"], methods, {"reduced": 100_000, "paper": 1_000_000}, SEEDS3)],
+        note="The paper's Figure 1d plots 1e6 steps; the reduced scale stops at 1e5.")
 
 
 TABLES = {"table2-4": _table2_4, "table9": _table9, "fig1c": _fig1c, "table5": _table5, "table8": _table8,
@@ -140,13 +149,13 @@ TABLES = {"table2-4": _table2_4, "table9": _table9, "fig1c": _fig1c, "table5": _
 
 
 def load(name: str, spec_file: str | None = None) -> Table:
-    """A table by name, or a small one from a JSON file (tests, quick experiments) with the fields above."""
+    """A table by name, or one from a JSON file with the fields above (tests, quick experiments:
+    `{"title": ..., "groups": [{"name": ..., "flags": [...], "methods": {"M": ["script.py", [...]]}, ...}]}`)."""
     if spec_file is not None:
-        import json
-
         raw = json.loads(open(spec_file).read())
-        groups = [Group(**{**g, "methods": {m: tuple(v) for m, v in g["methods"].items()}}) for g in raw["groups"]]
-        return Table(raw.get("title", name), groups, raw.get("note", ""))
+        groups = [Group(**{**g, "methods": {m: tuple(v) for m, v in g["methods"].items()},
+                           "extra_metrics": tuple(g.get("extra_metrics", ()))}) for g in raw["groups"]]
+        return Table(raw.get("title", name), groups, raw.get("note", ""), raw.get("aggregate", False))
     if name not in TABLES:
-        raise SystemExit(f"error: unknown table {name!r}; known: {', '.join(TABLES)}")
+        raise SystemExit(f"error: unknown table {name!r}; known: {', '.join(TABLES)} (or give --spec-file)")
     return TABLES[name]()
