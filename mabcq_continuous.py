@@ -4,9 +4,10 @@ normalisation weights of "Offline Decentralized Multi-Agent Reinforcement Learni
 ECAI 2023, arXiv 2108.01832), Section 3.4 and Algorithm 1 -- and every other row of its Table 5.
 
 Every agent i is an independent offline learner on its own dataset B_i of (s, a_i, r, s', done):
-its own generative model G1 (a conditional VAE), perturbation model xi, twin critics, G2 and
+its own generative models G1 and G2 (conditional VAEs), perturbation model xi, twin critics and
 optimiser state; no parameter sharing, no communication. All N learners are stored as one
-batched ensemble (a leading agent dimension on every weight), mathematically N separate learners.
+batched ensemble (a leading agent dimension on every weight), mathematically N separate learners;
+tests/test_mabcq_continuous.py checks that no agent's data reaches another agent's gradients.
 
     python mabcq_continuous.py --env-id hopper-3x1                      # MABCQ
     python mabcq_continuous.py --env-id hopper-3x1 --no-tn              # BCQ w/ lambda_vd
@@ -22,6 +23,7 @@ plumbing -> the run contract (docs/results.md, the same in every script) -> main
 
 import atexit
 import contextlib
+import copy
 import json
 import os
 import platform
@@ -76,11 +78,17 @@ class Args:
 
     # Algorithm specific arguments
     env_id: str = "hopper-3x1"
-    """the environment id: halfcheetah-2x3, walker2d-2x3, hopper-3x1, ant-2x4 (see `envs.REGISTRY`)"""
+    """the environment id: halfcheetah-2x3, walker2d-2x3, hopper-3x1 or ant-2x4"""
+    eval_episode_len: int | None = None
+    """steps of an evaluation episode (None: the env's 1000); the dataset does not depend on it"""
     dataset_dir: str = datasets.default_dataset_dir()
     """root folder of the datasets (built there if absent; env var ODMARL_DATASET_DIR)"""
     n_transitions: int | None = None
-    """transitions per agent in the dataset (None: the recipe's 1e6)"""
+    """dataset recipe: transitions per agent (None: the recipe's 1e6)"""
+    episode_len: int | None = None
+    """dataset recipe: steps of a dataset episode before its time limit (None: the recipe's 1000)"""
+    behavior_dir: str | None = None
+    """dataset recipe: folder of the SAC behaviour actors, <env-id>/{early,intermediate,expert}.pt (None: the shipped ones)"""
     agent_ids: str | None = None
     """comma-separated agents to train, e.g. `0`; only their dataset files are read (None: all)"""
     checkpoints: tuple[str, ...] = ()
@@ -92,77 +100,93 @@ class Args:
     eval_episodes: int = 10
     """evaluation episodes per evaluation (run side by side)"""
     batch_size: int = 1024
-    """the batch size of each agent (ECAI Appendix B on MuJoCo; BCQ's code: 100)"""
-    hidden_dim: int = 64
-    """the width of every (hidden, hidden) MLP (ECAI: 64; BCQ's code: 400-300 critics, 750-750 VAE)"""
+    """the batch size of each agent, also of the G1/G2 fit (ECAI Appendix B on MuJoCo; BCQ's code: 100)"""
+    hidden_dim: tuple[int, ...] = (64, 64)
+    """hidden widths of the critics, xi and the DDPG actor; one number = two layers (ECAI: 64 64; BCQ's code: 400 300)"""
+    vae_hidden_dim: tuple[int, ...] | None = None
+    """hidden widths of G1's and G2's encoders and decoders (None: --hidden-dim; BCQ's code: 750 750)"""
     q_learning_rate: float = 1e-3
-    """the learning rate of the critics (ECAI Table 12 and BCQ)"""
+    """the learning rate of the critics (ECAI Table 12 and BCQ's code)"""
     xi_learning_rate: float = 1e-4
-    """the learning rate of the perturbation model xi (ECAI Table 12; BCQ's code: 1e-3)"""
+    """the learning rate of xi, and of the DDPG row's actor (ECAI Table 12; BCQ's code: 1e-3)"""
     g_learning_rate: float = 1e-4
-    """the learning rate of the generative models G1 and G2 (ECAI Table 12; BCQ's code: Adam's 1e-3)"""
+    """the learning rate of G1 and G2 (ECAI Table 12; BCQ's code: 1e-3, Adam's default)"""
     gamma: float = 0.99
     """the discount factor gamma"""
     tau: float = 0.005
     """target smoothing coefficient"""
     phi: float = 0.05
-    """the perturbation bound Phi, a share of the action range [-1, 1]"""
+    """the perturbation bound Phi: |xi(s, a) - a| <= Phi * max_action, max_action = 1"""
     lmbda: float = 0.75
     """BCQ's soft clipped double Q: lmbda * min + (1 - lmbda) * max of the twin critics"""
     n_samples: int = 10
-    """actions sampled from G1 (and perturbed) for the target value and for acting"""
+    """actions sampled from G1 (and perturbed) for the target value V'(s')"""
+    act_samples: int = 10
+    """actions sampled from G1 (and perturbed) to act (ECAI and BCQ's paper: n = 10; BCQ's code: 100)"""
+    vae_latent_dim: int = 10
+    """the latent size of G1 and G2 (ECAI's "VAE hidden space": 10; BCQ's code: 2 x the action size)"""
+    vae_steps: int = 10_000
+    """gradient steps of the G1 and G2 fit before Q-learning (Algorithm 1, line 4); lambda_tn is computed from them once"""
+    train_generator: bool = False
+    """keep training G1 (unweighted) during Q-learning, as BCQ's code does (default: fitted, then frozen, Algorithm 1)"""
+    normalize_obs: bool = False
+    """normalise observations with the mean/std of the agent's own dataset (BCQ has none)"""
     epsilon: float | None = None
-    """optimism level: lambda_vd is clipped to [1 - epsilon, 1 + epsilon] (None: the env's preset, PRESETS)"""
+    """optimism level: lambda_vd is clipped to [1 - epsilon, 1 + epsilon] (None: the task's preset, PRESETS)"""
     no_vd: bool = False
     """switch off the value deviation weight lambda_vd"""
     no_tn: bool = False
-    """switch off the transition normalisation weight lambda_tn"""
+    """switch off the transition normalisation weight lambda_tn (G2 is then not fitted)"""
     ddpg: bool = False
-    """Table 5's DDPG row: a deterministic actor maximising Q, no generator, no perturbation bound, no weights"""
+    """Table 5's DDPG row: a deterministic tanh actor maximising Q, one critic, no generator, no bound, no weights"""
     behavior: bool = False
-    """Table 5's Behavior row: act with G1's decoder (z = 0), no Q-learning; G1 trains for --total-steps"""
-    train_generator: bool = False
-    """keep training G1 during Q-learning, as BCQ's code does (default: fitted first, then frozen, Algorithm 1)"""
-    vae_steps: int = 10_000
-    """gradient steps of G1 and G2 before Q-learning (lambda_tn is computed once from them)"""
-    vae_latent_dim: int = 10
-    """the latent size of G1 and G2 (ECAI: 10; BCQ's code: 2 x the action size)"""
+    """Table 5's Behavior row: act with G1's decoder at z = 0; no critic, no Q-learning"""
     analysis_states: int = 10_000
     """states sampled from the union of the agents' data for the value-difference metric"""
 
 
-# the paper's optimism level per task (Appendix B); other envs use 0.8
-PRESETS = {"halfcheetah-2x3": dict(epsilon=0.80), "walker2d-2x3": dict(epsilon=0.48), "hopper-3x1": dict(epsilon=0.80),
-           "ant-2x4": dict(epsilon=0.64)}
-DEFAULT_EPSILON = 0.8
+# the paper's optimism level epsilon per task (Appendix B): tuned by the authors per robot
+PRESETS = {
+    "halfcheetah-2x3": dict(epsilon=0.80),
+    "walker2d-2x3": dict(epsilon=0.48),
+    "hopper-3x1": dict(epsilon=0.80),
+    "ant-2x4": dict(epsilon=0.64),
+}
 
 
 def check_args(args: Args) -> None:
-    """Every flag's range, before anything is read or written."""
+    """Every flag's range, before anything is read or written (dataset options: envs.resolve)."""
     if not 0 <= args.epsilon <= 1:
         raise InputError(f"--epsilon must lie in [0, 1] (lambda_vd is clipped to [1 - eps, 1 + eps]), got {args.epsilon}")
     if args.ddpg and args.behavior:
         raise InputError("--ddpg and --behavior are two rows of Table 5; pick one")
-    for name, low, high in (("tau", 0, 1), ("gamma", 0, 1), ("lmbda", 0, 1), ("phi", 0, 1)):
-        value = getattr(args, name)
-        if not (low < value <= high if name in ("tau", "phi") else low <= value < high if name == "gamma" else low <= value <= high):
-            raise InputError(f"--{name} must lie in [{low}, {high}], got {value}")
+    if args.ddpg and args.train_generator:
+        raise InputError("--train-generator trains BCQ's generator G1; the --ddpg row has none")
+    for name, ok, rule in (("tau", 0 < args.tau <= 1, "(0, 1]"), ("gamma", 0 < args.gamma < 1, "(0, 1)"),
+                           ("lmbda", 0 <= args.lmbda <= 1, "[0, 1]"), ("phi", 0 < args.phi <= 1, "(0, 1]")):
+        if not ok:
+            raise InputError(f"--{name} must lie in {rule}, got {getattr(args, name)}")
+    for name in ("hidden_dim", "vae_hidden_dim"):
+        widths = getattr(args, name)
+        if widths is not None and (not widths or min(widths) <= 0):
+            raise InputError(f"--{name.replace('_', '-')} takes one or more positive widths, e.g. `64 64`, got {widths}")
     for name in ("total_steps", "vae_steps", "checkpoint_freq", "threads"):
         if getattr(args, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("eval_freq", "eval_episodes", "batch_size", "hidden_dim", "n_samples", "vae_latent_dim", "analysis_states",
+    for name in ("eval_freq", "eval_episodes", "batch_size", "n_samples", "act_samples", "vae_latent_dim", "analysis_states",
                  "q_learning_rate", "xi_learning_rate", "g_learning_rate"):
         if getattr(args, name) <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
 
 
 def algorithm(args: Args) -> tuple[str, str]:
-    """The paper's name of what the flags make (results.json `algorithm`) and the run-name variant."""
+    """The paper's name of what the flags make (results.json `algorithm`, a row of Table 5) and the run-name variant."""
+    suffix = "-train_generator" if args.train_generator else ""
     if args.ddpg:
         return "DDPG", "-ddpg"
     if args.behavior:
-        return "Behavior", "-behavior"
-    variant = "".join(f"-{flag}" for flag in ("no_vd", "no_tn") if getattr(args, flag))
+        return "Behavior", "-behavior" + suffix
+    variant = "".join(f"-{flag}" for flag in ("no_vd", "no_tn") if getattr(args, flag)) + suffix
     weights = [w for w, off in (("lambda_vd", args.no_vd), ("lambda_tn", args.no_tn)) if not off]
     name = "MABCQ" if len(weights) == 2 else "BCQ" + (f" w/ {weights[0]}" if weights else "")
     return name, variant
@@ -205,16 +229,18 @@ class VectorizedLinear(nn.Module):
         return torch.baddbmm(self.bias[members], x, self.weight[members])
 
 
+def widths(hidden_dim) -> tuple[int, ...]:
+    """`--hidden-dim 64` means (64, 64), as in the other scripts; `--hidden-dim 400 300` is BCQ's code."""
+    return tuple(hidden_dim) * 2 if len(hidden_dim) == 1 else tuple(hidden_dim)
+
+
 class MLP(nn.Module):
-    """(hidden, hidden) ReLU MLP of VectorizedLinear layers; `members` picks a slice of the ensemble."""
+    """ReLU MLP of VectorizedLinear layers with the given hidden widths; `members` picks a slice of the ensemble."""
 
     def __init__(self, in_dim, out_dim, hidden_dim, generators, twins=1, device=None):
         super().__init__()
-        self.layers = nn.ModuleList([
-            VectorizedLinear(in_dim, hidden_dim, generators, twins, device),
-            VectorizedLinear(hidden_dim, hidden_dim, generators, twins, device),
-            VectorizedLinear(hidden_dim, out_dim, generators, twins, device),
-        ])
+        sizes = [in_dim, *widths(hidden_dim), out_dim]
+        self.layers = nn.ModuleList([VectorizedLinear(a, b, generators, twins, device) for a, b in zip(sizes, sizes[1:])])
 
     def forward(self, x, members=None):
         for layer in self.layers[:-1]:
@@ -223,7 +249,7 @@ class MLP(nn.Module):
 
 
 class Perturbation(nn.Module):
-    """BCQ's perturbation model xi_phi(s, a): a + Phi * tanh(MLP(s, a)), kept in the action range [-1, 1]."""
+    """BCQ's perturbation model xi_phi(s, a) = a + Phi * tanh(MLP(s, a)), clipped to the action range [-1, 1]."""
 
     def __init__(self, obs_dim, act_dim, hidden_dim, phi, generators, device=None):
         super().__init__()
@@ -241,20 +267,21 @@ class DeterministicActor(nn.Module):
         super().__init__()
         self.net = MLP(obs_dim, act_dim, hidden_dim, generators, device=device)
 
-    def forward(self, obs):
+    def forward(self, obs):  # [n_agents, batch, obs_dim] -> [n_agents, batch, act_dim]
         return torch.tanh(self.net(obs))
 
 
-class TwinCritic(nn.Module):
-    """Both critics of every agent in one ensemble of 2N members."""
+class Critics(nn.Module):
+    """`twins` critics of every agent in one ensemble of twins * N members (BCQ: 2, DDPG: 1)."""
 
-    def __init__(self, obs_dim, act_dim, hidden_dim, generators, device=None):
+    def __init__(self, obs_dim, act_dim, hidden_dim, generators, twins=2, device=None):
         super().__init__()
-        self.net = MLP(obs_dim + act_dim, 1, hidden_dim, generators, twins=2, device=device)
+        self.net = MLP(obs_dim + act_dim, 1, hidden_dim, generators, twins=twins, device=device)
+        self.twins = twins
 
-    def forward(self, obs, act):  # [n_agents, batch, *] -> [2, n_agents, batch]
+    def forward(self, obs, act):  # [n_agents, batch, *] -> [twins, n_agents, batch]
         n, b, _ = obs.shape
-        return self.net(torch.cat([obs, act], -1).repeat(2, 1, 1)).view(2, n, b)
+        return self.net(torch.cat([obs, act], -1).repeat(self.twins, 1, 1)).view(self.twins, n, b)
 
     def q1(self, obs, act):  # the first twin only: [n_agents, batch]
         n, b, _ = obs.shape
@@ -272,21 +299,42 @@ class ConditionalVAE(nn.Module):
 
     def encode(self, cond, act):
         mean, log_std = self.encoder(torch.cat([cond, act], -1)).split(self.latent_dim, -1)
-        return mean, log_std.clamp(-4, 15)
+        return mean, log_std.clamp(-4, 15)  # BCQ's clamp, for numerical stability
 
     def decode(self, cond, noise=None):
-        """Actions from the decoder: BCQ's z ~ N(0, 1) clipped to [-0.5, 0.5] from standard normal `noise`
-        [n_agents, batch, latent], or z = 0 (the most likely action) without it."""
+        """Actions in [-1, 1] from the decoder: z = standard normal `noise` [n_agents, batch, latent] clipped to
+        [-0.5, 0.5] as in BCQ, or z = 0 (the latent prior's mode) without it."""
         z = torch.zeros(*cond.shape[:-1], self.latent_dim, device=cond.device) if noise is None else noise.clamp(-0.5, 0.5)
         return torch.tanh(self.decoder(torch.cat([cond, z], -1)))
 
-    def loss(self, cond, act, noise):  # per-agent loss [n_agents]: BCQ's reconstruction + 0.5 KL
+    def loss(self, cond, act, noise):  # per-agent loss [n_agents]: BCQ's reconstruction MSE + 0.5 KL
         mean, log_std = self.encode(cond, act)
         z = mean + log_std.exp() * noise
         recon = torch.tanh(self.decoder(torch.cat([cond, z], -1)))
         recon_loss = ((recon - act) ** 2).mean((1, 2))
         kl = -0.5 * (1 + 2 * log_std - mean**2 - (2 * log_std).exp()).mean((1, 2))
         return recon_loss + 0.5 * kl
+
+
+def make_networks(args, obs_dim, act_dim, generators, device) -> dict:
+    """The networks of the row besides the generative models, each agent's initial weights from its own stream:
+    BCQ rows twin critics and xi, DDPG one critic and a deterministic actor, Behavior none."""
+    if args.behavior:
+        return {}
+    if args.ddpg:
+        return dict(critic=Critics(obs_dim, act_dim, args.hidden_dim, generators, twins=1, device=device),
+                    actor=DeterministicActor(obs_dim, act_dim, args.hidden_dim, generators, device))
+    return dict(critic=Critics(obs_dim, act_dim, args.hidden_dim, generators, twins=2, device=device),
+                xi=Perturbation(obs_dim, act_dim, args.hidden_dim, args.phi, generators, device))
+
+
+def make_generative_models(args, obs_dim, act_dim, generators, device):
+    """G1(a | s) and G2(a | s, s'), created together for every row but DDPG, so that G1 starts (and, fitted on the
+    same draws, ends) the same whether or not lambda_tn is on: every row of a seed samples the same G1."""
+    hidden = args.vae_hidden_dim or args.hidden_dim
+    g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device)
+    g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device)
+    return g1, g2
 
 
 def value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon):
@@ -307,36 +355,43 @@ def transition_normalization(g1_mean, g2_mean):
 
 
 def soft_clipped(q, lmbda):
-    """BCQ's soft clipped double Q: lmbda * min + (1 - lmbda) * max over the twins (q [2, ...])."""
+    """BCQ's soft clipped double Q, lmbda * min + (1 - lmbda) * max over the twins: q [twins, ...] -> [...].
+    With one critic (DDPG) it is that critic's value."""
     return lmbda * q.min(0).values + (1 - lmbda) * q.max(0).values
 
 
+def perturbed_samples(obs, g1, xi, noise):
+    """a_j + xi(s, a_j), a_j ~ G1(s), for n samples per state, all in one batched call.
+    obs [n_agents, batch, obs_dim], noise [n_agents, batch * n, latent] -> (states, actions), both [n_agents, batch * n, *]."""
+    repeated = obs.repeat_interleave(noise.shape[1] // obs.shape[1], 1)  # n copies of each state, side by side
+    return repeated, xi(repeated, g1.decode(repeated, noise))
+
+
 def bcq_policy(obs, g1, xi, critic, noise):
-    """BCQ's policy (Section 3.4): n actions from G1, perturbed by xi, the one with the highest Q1.
-    obs [n_agents, batch, obs_dim], noise [n_agents, batch * n, latent] -> ([n_agents, batch, act_dim], its Q1)."""
+    """BCQ's policy (Section 3.4): n actions from G1, perturbed by xi, the one with the highest Q1 (as BCQ's code).
+    obs [n_agents, batch, obs_dim], noise [n_agents, batch * n, latent] -> [n_agents, batch, act_dim]."""
     n_agents, batch, _ = obs.shape
-    n = noise.shape[1] // batch
-    repeated = obs.repeat_interleave(n, 1)  # [n_agents, batch * n, obs_dim]: n copies of each state, side by side
-    act = xi(repeated, g1.decode(repeated, noise))
-    q1 = critic.q1(repeated, act).view(n_agents, batch, n)
-    best = q1.argmax(-1)  # [n_agents, batch]
-    act = act.view(n_agents, batch, n, -1).gather(2, best[..., None, None].expand(-1, -1, 1, act.shape[-1])).squeeze(2)
-    return act, q1.max(-1).values
+    repeated, act = perturbed_samples(obs, g1, xi, noise)
+    best = critic.q1(repeated, act).view(n_agents, batch, -1).argmax(-1)  # [n_agents, batch]
+    act = act.view(n_agents, batch, -1, act.shape[-1])  # [n_agents, batch, n, act_dim]
+    return act.gather(2, best[..., None, None].expand(-1, -1, 1, act.shape[-1])).squeeze(2)
 
 
 def bcq_next_value(next_obs, g1, xi_target, critic_target, noise, lmbda):
-    """V'(s') = max_j [lmbda min_k + (1 - lmbda) max_k] Q^_k(s', a_j + xi^(s', a_j)), a_j ~ G1(s'): BCQ's target value,
-    from the target networks. noise [n_agents, batch * n, latent] -> [n_agents, batch]."""
+    """V'(s') = max_j [lmbda min_k + (1 - lmbda) max_k] Q^_k(s', a_j + xi^(s', a_j)), a_j ~ G1(s'): BCQ's target
+    value from the target networks (G1 itself has no target copy, as in BCQ's code).
+    next_obs [n_agents, batch, obs_dim], noise [n_agents, batch * n, latent] -> [n_agents, batch]."""
     n_agents, batch, _ = next_obs.shape
-    repeated = next_obs.repeat_interleave(noise.shape[1] // batch, 1)
-    act = xi_target(repeated, g1.decode(repeated, noise))
+    repeated, act = perturbed_samples(next_obs, g1, xi_target, noise)
     return soft_clipped(critic_target(repeated, act), lmbda).view(n_agents, batch, -1).max(-1).values
 
 
 def bcq_critic_loss(critic, critic_target, xi_target, g1, batch, noise, gamma, lmbda, epsilon, use_vd):
     """Per-agent TD loss E[lambda_tn * lambda_vd * (Q_k(s, a) - y)^2], summed over the twins (eq. (1)),
-    y = r + gamma (1 - done) V'(s'). lambda_vd = clip(1 + (V'(s') - E) / |E|) with E = (Q^(s, a) - r) / gamma,
-    Q^ the same soft clipped target value. Returns (loss [n_agents], Q [2, n_agents, batch], weight, lambda_vd or None)."""
+    y = r + gamma (1 - done) V'(s'), V' = bcq_next_value. lambda_vd = clip(1 + (V'(s') - E) / |E|) with
+    E = (Q^(s, a) - r) / gamma, Q^ the same soft clipped combination of the target critics as V'.
+    batch: [n_agents, batch, *] tensors; noise [n_agents, batch * n, latent].
+    Returns (loss [n_agents], Q [2, n_agents, batch], weight lambda_tn * lambda_vd [n_agents, batch], lambda_vd or None)."""
     obs, actions, rewards, dones = batch["obs"], batch["actions"], batch["rewards"], batch["dones"]
     with torch.no_grad():
         next_value = bcq_next_value(batch["next_obs"], g1, xi_target, critic_target, noise, lmbda)
@@ -346,57 +401,53 @@ def bcq_critic_loss(critic, critic_target, xi_target, g1, batch, noise, gamma, l
             q_sa = soft_clipped(critic_target(obs, actions), lmbda)
             lambda_vd = value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon)
             weight = weight * lambda_vd
-    q = critic(obs, actions)
+    q = critic(obs, actions)  # [2, n_agents, batch]
     return (weight * (q - td_target) ** 2).mean(-1).sum(0), q, weight, lambda_vd
 
 
-def bcq_perturbation_loss(xi, critic, g1, batch, noise, weight):
-    """Per-agent -E[lambda_tn * lambda_vd * Q_1(s, a + xi(s, a))], a ~ G1(s) (eq. (2)). noise [n_agents, batch, latent]."""
+def bcq_perturbation_loss(xi, critic, g1, obs, noise, weight):
+    """Per-agent -E[lambda_tn * lambda_vd * Q_1(s, a + xi(s, a))], a ~ G1(s) (eq. (2), Q_1 as BCQ's code).
+    obs [n_agents, batch, obs_dim], noise [n_agents, batch, latent], weight [n_agents, batch] -> [n_agents]."""
     with torch.no_grad():
-        sampled = g1.decode(batch["obs"], noise)
+        sampled = g1.decode(obs, noise)
     critic.requires_grad_(False)  # the perturbation loss trains xi only
-    q1 = critic.q1(batch["obs"], xi(batch["obs"], sampled))
+    q1 = critic.q1(obs, xi(obs, sampled))
     critic.requires_grad_(True)
     return -(weight * q1).mean(-1)
 
 
 def ddpg_losses(actor, actor_target, critic, critic_target, batch, gamma):
-    """Offline DDPG per agent (Table 5's unconstrained baseline): y = r + gamma Q^_1(s', pi^(s')), one critic (the
-    first twin), the actor maximises Q_1(s, pi(s)). Returns (critic loss, actor loss, Q), per agent."""
+    """Offline DDPG per agent (Table 5's unconstrained baseline): one critic, y = r + gamma (1 - done) Q^(s', pi^(s')),
+    the actor maximises Q(s, pi(s)); no weights. Returns (critic loss, actor loss, Q [1, n_agents, batch])."""
     with torch.no_grad():
         y = batch["rewards"] + gamma * (~batch["dones"]) * critic_target.q1(batch["next_obs"], actor_target(batch["next_obs"]))
-    q = critic.q1(batch["obs"], batch["actions"])
-    critic.requires_grad_(False)
+    q = critic(batch["obs"], batch["actions"])
+    critic.requires_grad_(False)  # the actor loss trains the actor only
     actor_loss = -critic.q1(batch["obs"], actor(batch["obs"])).mean(-1)
     critic.requires_grad_(True)
-    return ((q - y) ** 2).mean(-1), actor_loss, q
+    return ((q - y) ** 2).mean(-1).sum(0), actor_loss, q
 
 
-def fit_generators(data, args, generators, device, fit_g2, progress=True, on_step=None):
-    """Algorithm 1, line 4: fit G1(a|s) and, for lambda_tn, G2(a|s, s') on the agent's own data; then compute
-    lambda_tn once for every transition. Returns (G1, lambda_tn [n_agents, T] or None, logs)."""
-    n, _, obs_dim = data["obs"].shape
-    act_dim = data["actions"].shape[-1]
-    g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, args.hidden_dim, generators, device)
-    g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, args.hidden_dim, generators, device) if fit_g2 else None
-    params = [*g1.parameters(), *(g2.parameters() if fit_g2 else [])]
-    optimizer = torch.optim.Adam(params, lr=args.g_learning_rate, fused=True)
+def fit_generative_models(g1, g2, data, args, generators, device, fit_g2=True, progress=True, on_step=None):
+    """Algorithm 1, line 4: fit G1(a|s) and, for lambda_tn, G2(a|s, s') on each agent's own data; then compute
+    lambda_tn once for every transition (both are frozen afterwards). Returns (lambda_tn [n_agents, T] or None, logs)."""
+    optimizer = torch.optim.Adam([*g1.parameters(), *(g2.parameters() if fit_g2 else [])], lr=args.g_learning_rate, fused=True)
     logs = {}
     for _ in tqdm(range(args.vae_steps), desc="fitting G1" + (" and G2" if fit_g2 else ""), disable=not progress):
         if on_step is not None:  # e.g. the run's share of the cores
             on_step()
         idx = sample_indices(data["size"], (args.batch_size,), generators)
         obs, act, next_obs = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["next_obs"], idx)
-        noise = randn(generators, 2, args.batch_size, args.vae_latent_dim, device=device)
+        noise = randn(generators, 2, args.batch_size, args.vae_latent_dim, device=device)  # drawn for G2 even without it
         loss_g1 = g1.loss(obs, act, noise[:, 0])
-        loss = loss_g1 + (g2.loss(torch.cat([obs, next_obs], -1), act, noise[:, 1]) if fit_g2 else 0)
+        loss_g2 = g2.loss(torch.cat([obs, next_obs], -1), act, noise[:, 1]) if fit_g2 else torch.zeros_like(loss_g1)
         optimizer.zero_grad(set_to_none=True)
-        loss.sum().backward()
+        (loss_g1 + loss_g2).sum().backward()
         optimizer.step()
     if args.vae_steps:
-        logs = {"vae/g1_loss": loss_g1.mean().item()}
+        logs = {"vae/g1_loss": loss_g1.mean().item(), **({"vae/g2_loss": loss_g2.mean().item()} if fit_g2 else {})}
     if not fit_g2:
-        return g1, None, logs
+        return None, logs
     lambda_tn = torch.empty(data["obs"].shape[:2], device=device)
     with torch.no_grad():
         for start in range(0, lambda_tn.shape[1], 65536):
@@ -405,27 +456,40 @@ def fit_generators(data, args, generators, device, fit_g2, progress=True, on_ste
             mu1, _ = g1.encode(obs, act)
             mu2, _ = g2.encode(torch.cat([obs, next_obs], -1), act)
             lambda_tn[:, s] = transition_normalization(mu1, mu2)
-    return g1, lambda_tn, logs
+    return lambda_tn, logs
+
+
+def team_policy(args, nets, g1, seed, device):
+    """The row's policy, obs [n_agents, batch, obs_dim] -> actions. BCQ's samples come from a stream of their own,
+    seeded by `seed`, never the agents' training streams: evaluating changes no training."""
+    if args.ddpg:
+        return nets["actor"]
+    if args.behavior:
+        return lambda obs: g1.decode(obs)  # z = 0: the decoder's action at the latent prior's mode
+    stream = torch.Generator(device).manual_seed(seed)
+    return lambda obs: bcq_policy(obs, g1, nets["xi"], nets["critic"], torch.randn(
+        obs.shape[0], obs.shape[1] * args.act_samples, args.vae_latent_dim, generator=stream, device=device))
 
 
 # ALGO LOGIC: evaluation of the team and the paper's analysis metrics
 @torch.no_grad()
-def evaluate(env, act, critic, n_episodes, gamma, seed, device):
+def evaluate(env, act, critic, obs_mean, obs_std, n_episodes, gamma, lmbda, seed, device):
     """Run the team's policies `act(obs [n_agents, episodes, obs_dim]) -> actions` in `n_episodes` parallel episodes.
 
-    Returns the team return (undiscounted, first `eval_episode_len` steps), its D4RL-normalised score and, given a
-    critic, the extrapolation error |(1/N) sum_i Q_i(s, a_i) - G| at the start states (Table 7), G the discounted
-    Monte-Carlo return of the team, rolled on past the episode length until gamma^t < 0.01 or the episode ends."""
+    Returns the team return (undiscounted, first `eval_episode_len` steps), its D4RL-normalised score and, given
+    critics, the extrapolation error |(1/N) sum_i Q_i(s, a_i) - G| at the start states (Table 7), Q_i the soft
+    clipped value, G the discounted Monte-Carlo return of the team, rolled on past the episode length until
+    gamma^t < 0.01 or the episode ends, so that G is not cut short."""
     rng = np.random.default_rng(seed)
     obs = env.reset(n_episodes, rng)
     horizon = max(env.eval_episode_len, int(np.ceil(np.log(0.01) / np.log(gamma))))
     team_return, discounted_return = np.zeros(n_episodes), np.zeros(n_episodes)
     alive = np.ones(n_episodes, dtype=bool)
     for t in range(horizon):
-        o = torch.as_tensor(np.stack(obs), dtype=torch.float32, device=device)  # [n_agents, episodes, obs_dim]
+        o = (torch.as_tensor(np.stack(obs), device=device) - obs_mean) / obs_std  # [n_agents, episodes, obs_dim]
         a = act(o)
         if t == 0 and critic is not None:
-            q_start = critic.q1(o, a).mean(0).cpu().numpy()
+            q_start = soft_clipped(critic(o, a), lmbda).mean(0).cpu().numpy()
         obs, reward, terminated = env.step(list(a.cpu().numpy()))
         if t < env.eval_episode_len:
             team_return += alive * reward
@@ -443,9 +507,9 @@ def evaluate(env, act, critic, n_episodes, gamma, seed, device):
 
 
 @torch.no_grad()
-def value_difference(act, critic, agent_obs):
-    """max_i V_i(s) - min_i V_i(s), averaged over states, V_i(s) = Q_i,1(s, pi_i(s)) (Table 6)."""
-    values = critic.q1(agent_obs, act(agent_obs))  # [n_agents, n_states]
+def value_difference(act, critic, agent_obs, lmbda):
+    """max_i V_i(s) - min_i V_i(s), averaged over states, V_i(s) = Q_i(s, pi_i(s)), Q_i soft clipped (Table 6)."""
+    values = soft_clipped(critic(agent_obs, act(agent_obs)), lmbda)  # [n_agents, n_states]
     return float((values.max(0).values - values.min(0).values).mean())
 
 
@@ -729,9 +793,11 @@ def save_agent_checkpoints(run_dir: Path, agent_ids: list[int], env_kwargs: dict
 
 if __name__ == "__main__":
     args = parse_args()
+    if args.env_id not in mamujoco.TASKS:
+        raise InputError(f"mabcq_continuous.py runs on multi-agent MuJoCo ({', '.join(mamujoco.TASKS)}), not {args.env_id}")
     if args.epsilon is None:
-        args.epsilon = PRESETS.get(args.env_id, {}).get("epsilon", DEFAULT_EPSILON)
-    if args.ddpg or args.behavior:  # Table 5's DDPG and Behavior rows change no transition probability
+        args.epsilon = PRESETS[args.env_id]["epsilon"]
+    if args.ddpg or args.behavior:  # Table 5's DDPG and Behavior rows modify no transition probability
         args.no_vd = args.no_tn = True
     check_args(args)
     algorithm_name, variant = algorithm(args)
@@ -742,62 +808,45 @@ if __name__ == "__main__":
         except ImportError:
             raise InputError("--track needs wandb: pip install wandb") from None
 
-    # the environment and the agents this process trains
-    if args.env_id not in mamujoco.TASKS:
-        raise InputError(f"mabcq_continuous.py runs on multi-agent MuJoCo ({', '.join(mamujoco.TASKS)}), not {args.env_id}")
-    env = envs.make(args.env_id)
-    full_env_kwargs, _ = envs.resolve(args.env_id, {})
+    # the environment and the agents this process trains; the evaluation length is no dataset option
+    eval_kwargs = {"eval_episode_len": args.eval_episode_len}
+    env = envs.make(args.env_id, **eval_kwargs)
+    full_env_kwargs, _ = envs.resolve(args.env_id, eval_kwargs)
+    data_env_kwargs, _ = envs.resolve(args.env_id, {})
     n_agents, obs_dim, act_dim = env.n_agents, env.obs_dims[0], env.act_dims[0]
     agent_ids = list(range(n_agents)) if args.checkpoints else parse_agent_ids(args.agent_ids, n_agents)
-    latent = args.vae_latent_dim
-
-    def make_modules(generators):
-        """Every network of the row, in a fixed order (each agent draws its initial weights from its own stream)."""
-        modules = dict(critic=TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device))
-        if args.ddpg:
-            modules["actor"] = DeterministicActor(obs_dim, act_dim, args.hidden_dim, generators, device)
-        else:
-            modules["xi"] = Perturbation(obs_dim, act_dim, args.hidden_dim, args.phi, generators, device)
-        return modules
-
-    def team_policy(modules, g1, seed):
-        """The row's policy for evaluation; BCQ's samples come from an evaluation stream, not the agents'."""
-        if args.ddpg:
-            return modules["actor"]
-        if args.behavior:
-            return lambda o: g1.decode(o)  # z = 0: the generative model's most likely action
-        stream = torch.Generator(device).manual_seed(seed)
-        return lambda o: bcq_policy(o, g1, modules["xi"], modules["critic"], torch.randn(
-            o.shape[0], o.shape[1] * args.n_samples, latent, generator=stream, device=device))[0]
 
     if args.checkpoints:  # evaluate a team assembled from separately trained agents: their own settings win
-        ckpts = load_agent_checkpoints(args.checkpoints, args.env_id, full_env_kwargs, n_agents)
-        shared = ("hidden_dim", "vae_latent_dim", "phi", "ddpg", "behavior", "n_samples")
-        if len({tuple(c["args"][k] for k in shared) for c in ckpts}) > 1:
-            raise InputError(f"the checkpoints differ in {', '.join(shared)}; a team needs one kind of network")
+        ckpts = load_agent_checkpoints(args.checkpoints, args.env_id, data_env_kwargs, n_agents)
+        shared = ("ddpg", "behavior", "hidden_dim", "vae_hidden_dim", "vae_latent_dim", "phi", "lmbda", "act_samples")
+        if len({tuple(tuple(v) if isinstance(v, list) else v for v in (c["args"][k] for k in shared)) for c in ckpts}) > 1:
+            raise InputError(f"the checkpoints differ in one of {', '.join(shared)}; a team needs one kind of network and policy")
         args = replace(args, **{k: ckpts[0]["args"][k] for k in shared})
-        latent = args.vae_latent_dim
         generators = agent_generators(args.seed, agent_ids, device)
-        modules = make_modules(generators)
-        g1 = ConditionalVAE(obs_dim, act_dim, latent, args.hidden_dim, generators, device)
+        nets = make_networks(args, obs_dim, act_dim, generators, device)
+        g1 = None if args.ddpg else make_generative_models(args, obs_dim, act_dim, generators, device)[0]
+        obs_mean = torch.zeros(n_agents, 1, obs_dim, device=device)
+        obs_std = torch.ones(n_agents, 1, obs_dim, device=device)
         for i, ckpt in enumerate(ckpts):
-            for k, m in [*modules.items(), ("g1", g1)]:
+            for k, m in [*nets.items(), *([("g1", g1)] if g1 is not None else [])]:
                 load_agent_state(m, i, n_agents, ckpt[k])
+            obs_mean[i], obs_std[i] = ckpt["obs_mean"], ckpt["obs_std"]
         run_dir, results, _ = start_run(args, "team of checkpoints", "-team", {"env_kwargs": full_env_kwargs}, agent_ids, device)
         results["checkpoints"] = [dict(path=str(p), algorithm=algorithm(replace(args, **{k: c["args"][k] for k in ("no_vd", "no_tn")}))[0],
                                        args=c["args"]) for p, c in zip(args.checkpoints, ckpts)]
         with recorded(run_dir, results):
-            results["final"] = evaluate(env, team_policy(modules, g1, args.seed), None if args.behavior else modules["critic"],
-                                        args.eval_episodes, args.gamma, args.seed, device)
+            results["final"] = evaluate(env, team_policy(args, nets, g1, args.seed, device), nets.get("critic"), obs_mean, obs_std,
+                                        args.eval_episodes, args.gamma, args.lmbda, args.seed, device)
         print(f"team of {n_agents} checkpoints: normalized score {results['final']['normalized_score']:.1f}")
         raise SystemExit(0)
 
     # data: agent i reads only its own file
-    env, agent_data, meta = datasets.load(args.env_id, {}, {"n_transitions": args.n_transitions}, args.dataset_dir, agent_ids)
+    recipe = {"n_transitions": args.n_transitions, "episode_len": args.episode_len, "behavior_dir": args.behavior_dir}
+    _, agent_data, meta = datasets.load(args.env_id, data_env_kwargs, recipe, args.dataset_dir, agent_ids)
     meta["path"] = str(datasets.dataset_path(args.dataset_dir, args.env_id, meta["env_kwargs"], meta["recipe"]))
 
     # the run folder: nothing is written before this point
-    run_dir, results, state = start_run(args, algorithm_name, variant, meta, agent_ids, device)
+    run_dir, results, state = start_run(args, algorithm_name, variant, {**meta, "env_kwargs": full_env_kwargs}, agent_ids, device)
     if args.track:
         wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
                    config=vars(args), name=results["run_name"], save_code=True, resume="allow")
@@ -814,20 +863,23 @@ if __name__ == "__main__":
 
     with recorded(run_dir, results):
         generators = agent_generators(args.seed, agent_ids, device)
-        modules = make_modules(generators)
-        data = stack_agent_data([agent_data[i] for i in agent_ids], False, device)  # BCQ reads raw states
+        data = stack_agent_data([agent_data[i] for i in agent_ids], args.normalize_obs, device)
+        # states from the union of all agents' data, seen through each agent's eyes
         union = np.concatenate([agent_data[i]["states"] for i in agent_ids])
         union = union[np.random.default_rng(args.seed).choice(len(union), min(args.analysis_states, len(union)), replace=False)]
         analysis_obs = torch.as_tensor(np.stack([env.observe(union)[i] for i in agent_ids]), device=device)
+        analysis_obs = (analysis_obs - data["obs_mean"]) / data["obs_std"]
 
-        # ALGO LOGIC: Algorithm 1, line 4: G1 (and G2 for lambda_tn) are fitted before Q-learning; lambda_tn is fixed
+        # ALGO LOGIC: Algorithm 1, lines 2-4: G1 (and G2 for lambda_tn) are fitted before Q-learning; lambda_tn is fixed
         g1, lambda_tn = None, None
-        if not args.ddpg and state is None and not args.behavior:
-            g1, lambda_tn, results["vae"] = fit_generators(data, args, generators, device, fit_g2=not args.no_tn, on_step=cores.update)
-            for k, v in results["vae"].items():
-                writer.add_scalar(k, v, 0)
-        elif not args.ddpg:  # restored from the checkpoint below, or (Behavior) trained in the loop
-            g1 = ConditionalVAE(obs_dim, act_dim, latent, args.hidden_dim, generators, device)
+        if not args.ddpg:
+            g1, g2 = make_generative_models(args, obs_dim, act_dim, generators, device)
+            if state is None:
+                lambda_tn, results["vae"] = fit_generative_models(g1, g2, data, args, generators, device, fit_g2=not args.no_tn,
+                                                                  on_step=cores.update)
+                for k, v in results["vae"].items():
+                    writer.add_scalar(k, v, 0)
+            del g2  # lambda_tn holds all that G2 is for
         if state is not None and state["lambda_tn"] is not None:
             lambda_tn = state["lambda_tn"].to(device)
         if lambda_tn is None:
@@ -837,18 +889,19 @@ if __name__ == "__main__":
                 lt = lambda_tn[i, : data["size"][i]]
                 print(f"agent {a}: lambda_tn mean {lt.mean():.3f} min {lt.min():.3f} max {lt.max():.3f}")
 
-        targets = {f"{k}_target": make_modules(generators)[k] for k in modules}
-        for k, m in modules.items():
-            targets[f"{k}_target"].load_state_dict(m.state_dict())
-        policy_name = "actor" if args.ddpg else "xi"
-        optimizers = dict(critic=torch.optim.Adam(modules["critic"].parameters(), lr=args.q_learning_rate, fused=True),
-                          policy=torch.optim.Adam(modules[policy_name].parameters(), lr=args.xi_learning_rate, fused=True))
-        if g1 is not None and (args.train_generator or args.behavior):
+        nets = make_networks(args, obs_dim, act_dim, generators, device)  # Algorithm 1, line 3
+        targets = {f"{k}_target": copy.deepcopy(m) for k, m in nets.items()}
+        optimizers = {}
+        if nets:
+            policy = nets["actor" if args.ddpg else "xi"]
+            optimizers["critic"] = torch.optim.Adam(nets["critic"].parameters(), lr=args.q_learning_rate, fused=True)
+            optimizers["policy"] = torch.optim.Adam(policy.parameters(), lr=args.xi_learning_rate, fused=True)
+        if args.train_generator:
             optimizers["g1"] = torch.optim.Adam(g1.parameters(), lr=args.g_learning_rate, fused=True)
-        everything = {**modules, **targets, **({"g1": g1} if g1 is not None else {})}
+        modules = {**nets, **targets, **({"g1": g1} if g1 is not None else {})}
         start_step, chunk, logs, resumed_train_seconds = 0, None, {}, 0.0
         if state is not None:  # go on exactly where the checkpoint left off
-            for k, m in everything.items():
+            for k, m in modules.items():
                 m.load_state_dict(state["modules"][k])
             for k, o in optimizers.items():
                 o.load_state_dict(state["optimizers"][k])
@@ -861,7 +914,7 @@ if __name__ == "__main__":
         def save_state(step):
             save_torch(run_dir / "checkpoint.pt", dict(
                 format=CHECKPOINT_FORMAT, script=SCRIPT, step=step, args=asdict(args),
-                modules={k: m.state_dict() for k, m in everything.items()},
+                modules={k: m.state_dict() for k, m in modules.items()},
                 optimizers={k: o.state_dict() for k, o in optimizers.items()},
                 generators=[g.get_state() for g in generators], lambda_tn=None if args.no_tn else lambda_tn.cpu(),
                 rng_chunk=chunk, logs=logs, train_seconds=train_seconds + time.time() - tick,
@@ -874,13 +927,12 @@ if __name__ == "__main__":
             entry["train_seconds"] = previous["train_seconds"] + train_seconds
             entry["updates_per_second"] = (step - previous["step"]) / max(train_seconds, 1e-9)
             entry["ms_per_update"] = 1000 / max(entry["updates_per_second"], 1e-9)  # Table 11: one update of the whole team
-            act = team_policy(modules, g1, args.seed + step)
-            critic = None if args.behavior else modules["critic"]
+            act, critic = team_policy(args, nets, g1, args.seed + step, device), nets.get("critic")
             if len(agent_ids) > 1 and critic is not None:
-                entry["value_difference"] = value_difference(act, critic, analysis_obs)
+                entry["value_difference"] = value_difference(act, critic, analysis_obs, args.lmbda)
             if len(agent_ids) == n_agents:
-                entry.update(evaluate(env, team_policy(modules, g1, args.seed + step), critic, args.eval_episodes, args.gamma,
-                                      args.seed + step, device))
+                entry.update(evaluate(env, team_policy(args, nets, g1, args.seed + step, device), critic, data["obs_mean"],
+                                      data["obs_std"], args.eval_episodes, args.gamma, args.lmbda, args.seed + step, device))
             entry.update({k.split("/")[1]: v for k, v in logs.items() if k.startswith(("weights/", "losses/"))})
             for k, v in entry.items():
                 if k not in ("step", "seconds", "train_seconds") and not k.startswith(("lambda_", "td_", "policy_", "q_", "vae_")):
@@ -904,7 +956,7 @@ if __name__ == "__main__":
             evaluate_and_record(0)
         progress = tqdm(range(start_step + 1, args.total_steps + 1), desc="training", unit=" steps",
                         initial=start_step, total=args.total_steps)
-        critic, policy_loss, lambda_vd = modules["critic"], torch.zeros(len(agent_ids)), None
+        latent, lambda_vd, losses = args.vae_latent_dim, None, {}
         for global_step in progress:
             cores.update()
             if (global_step - 1) % RNG_CHUNK == 0:  # one draw per agent for RNG_CHUNK steps: per-step draws cost more
@@ -912,50 +964,43 @@ if __name__ == "__main__":
             idx = chunk["idx"][:, (global_step - 1) % RNG_CHUNK]
             batch = {k: gather(data[k], idx) for k in ("obs", "actions", "rewards", "next_obs", "dones")}
             batch["lambda_tn"] = gather(lambda_tn, idx)
-            losses = {}
+
             # ALGO LOGIC: one update of every agent, by the row of Table 5 the flags pick
-            if args.behavior:  # only the generative model learns
+            if args.train_generator:  # BCQ's code: the generator keeps learning the data (unweighted), first
                 g1_loss = g1.loss(batch["obs"], batch["actions"], randn(generators, args.batch_size, latent, device=device))
                 optimizers["g1"].zero_grad(set_to_none=True)
-                g1_loss.sum().backward()
+                g1_loss.sum().backward()  # sum over agents: each agent's gradient is its own loss's
                 optimizers["g1"].step()
-                losses["losses/vae_loss"] = g1_loss.mean().item
-            elif args.ddpg:
-                critic_loss, policy_loss, q = ddpg_losses(modules["actor"], targets["actor_target"], critic, targets["critic_target"],
-                                                          batch, args.gamma)
+                losses["losses/vae_loss"] = g1_loss.mean().item  # .item() only when logged: a sync per step costs on GPU
+            if args.ddpg:
+                critic_loss, policy_loss, q = ddpg_losses(nets["actor"], targets["actor_target"], nets["critic"],
+                                                          targets["critic_target"], batch, args.gamma)
                 for name, loss in (("critic", critic_loss), ("policy", policy_loss)):
                     optimizers[name].zero_grad(set_to_none=True)
-                    loss.sum().backward()  # sum over agents: each agent's gradient is its own loss's
+                    loss.sum().backward()
                     optimizers[name].step()
-                losses.update({"losses/td_loss": critic_loss.mean().item, "losses/policy_loss": policy_loss.mean().item,
-                               "losses/q_values": q.mean().item})
-            else:
-                noise = randn(generators, args.batch_size * args.n_samples, latent, device=device)
-                critic_loss, q, weight, lambda_vd = bcq_critic_loss(critic, targets["critic_target"], targets["xi_target"], g1,
-                                                                    batch, noise, args.gamma, args.lmbda, args.epsilon, not args.no_vd)
+            elif not args.behavior:  # BCQ, weighted by lambda_tn * lambda_vd
+                noise = randn(generators, args.batch_size * (args.n_samples + 1), latent, device=device)
+                target_noise, xi_noise = noise.split([args.batch_size * args.n_samples, args.batch_size], 1)
+                critic_loss, q, weight, lambda_vd = bcq_critic_loss(
+                    nets["critic"], targets["critic_target"], targets["xi_target"], g1, batch, target_noise,
+                    args.gamma, args.lmbda, args.epsilon, not args.no_vd)
                 optimizers["critic"].zero_grad(set_to_none=True)
-                critic_loss.sum().backward()  # sum over agents: each agent's gradient is its own loss's
+                critic_loss.sum().backward()
                 optimizers["critic"].step()
-                policy_loss = bcq_perturbation_loss(modules["xi"], critic, g1, batch,
-                                                    randn(generators, args.batch_size, latent, device=device), weight)
+                policy_loss = bcq_perturbation_loss(nets["xi"], nets["critic"], g1, batch["obs"], xi_noise, weight)
                 optimizers["policy"].zero_grad(set_to_none=True)
                 policy_loss.sum().backward()
                 optimizers["policy"].step()
-                if args.train_generator:  # BCQ's code: the generator keeps learning the data (unweighted)
-                    g1_loss = g1.loss(batch["obs"], batch["actions"], randn(generators, args.batch_size, latent, device=device))
-                    optimizers["g1"].zero_grad(set_to_none=True)
-                    g1_loss.sum().backward()
-                    optimizers["g1"].step()
-                    losses["losses/vae_loss"] = g1_loss.mean().item
+            if nets:
+                for k in nets:
+                    soft_update(targets[f"{k}_target"], nets[k], args.tau)
                 losses.update({"losses/td_loss": critic_loss.mean().item, "losses/policy_loss": policy_loss.mean().item,
                                "losses/q_values": q.mean().item})
-            if not args.behavior:
-                soft_update(targets["critic_target"], critic, args.tau)
-                soft_update(targets[f"{policy_name}_target"], modules[policy_name], args.tau)
 
             evaluate_now = global_step % args.eval_freq == 0 or global_step == args.total_steps
             if global_step % 1000 == 0 or evaluate_now:
-                logs = {k: v() for k, v in losses.items()}  # .item() only here: a sync per step costs on GPU
+                logs = {k: v() for k, v in losses.items()}
                 if not args.no_tn:
                     logs.update({f"weights/lambda_tn_{f}": getattr(batch["lambda_tn"], f)().item() for f in ("mean", "min", "max")})
                 if lambda_vd is not None:
@@ -983,7 +1028,8 @@ if __name__ == "__main__":
             results["seconds"] += time.time() - session_start
             save_state(0)
         if args.save_model:
-            save_agent_checkpoints(run_dir, agent_ids, meta["env_kwargs"], args, [
-                {k: agent_state(m, e, len(agent_ids)) for k, m in [*modules.items(), *([("g1", g1)] if g1 is not None else [])]}
+            save_agent_checkpoints(run_dir, agent_ids, data_env_kwargs, args, [
+                dict(**{k: agent_state(m, e, len(agent_ids)) for k, m in [*nets.items(), *([("g1", g1)] if g1 is not None else [])]},
+                     obs_mean=data["obs_mean"][e].cpu(), obs_std=data["obs_std"][e].cpu())
                 for e in range(len(agent_ids))])
     writer.close()

@@ -1,15 +1,24 @@
-"""Team updates per second: matd3bc.py's batched ensemble vs a naive per-agent loop.
+"""Team updates per second: the scripts' batched ensembles vs a naive per-agent loop.
 
-    python benchmark/throughput.py                 # 2 and 4 agents, (256, 256) MLPs, batch 100
+    python benchmark/throughput.py                 # TD3+BC (matd3bc.py): 2 and 4 agents, (256, 256) MLPs, batch 100
     python benchmark/throughput.py --agents 2 4 8 --hidden 64 --batch-size 1024
+    python benchmark/throughput.py --algo bcq --agents 2 3   # MABCQ (mabcq_continuous.py): (64, 64), batch 1024, HalfCheetah's sizes
 
-Both run in this one process with the same torch settings and the same math (TD3+BC with
-lambda_vd and lambda_tn weights, twin critics, target smoothing, delayed actor). A team
+Both paths run in this one process with the same torch settings and the same math. A team
 update is one gradient step of every agent. The naive loop is written the way CORL's
-`td3_bc.py` is: per agent one module per network (actor, critic_1, critic_2) with its own
-default Adam, a replay buffer of tensors indexed by numpy random indices, and soft updates
-through `param.data.copy_`. The batched path calls matd3bc.py's own functions.
-Prints one line per setting: batched and naive team updates/s and ratio=<batched/naive>.
+`td3_bc.py` is: per agent one plain module per network (actor, critic_1, critic_2, ...) with
+its own default Adam, a replay buffer of tensors indexed by numpy random indices, and soft
+updates through `param.data.copy_`. The batched path calls the script's own functions.
+
+- `--algo td3bc`: TD3+BC with lambda_vd and lambda_tn weights, twin critics, target smoothing,
+  delayed actor (matd3bc.py). Defaults: the differential game (obs 2, act 1), (256, 256), batch 100.
+- `--algo bcq`: MABCQ's default update (mabcq_continuous.py): n = 10 perturbed samples of G1 per
+  next state for the soft clipped double-Q target, lambda_vd from the target critics, lambda_tn
+  per transition, the perturbation model's weighted update, G1 frozen (Algorithm 1).
+  Defaults: HalfCheetah 2x3 (obs 17, act 3 per agent), (64, 64), batch 1024 (ECAI Appendix B).
+
+Prints one line per setting: batched and naive team updates/s, ms per team update, and
+ratio=<batched/naive>.
 """
 
 import argparse
@@ -25,11 +34,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import mabcq_continuous  # noqa: E402
 import matd3bc  # noqa: E402
 
 DATA_SIZE = 100_000
-OBS_DIM, ACT_DIM = 2, 1  # the differential game with full observation; set by --obs-dim / --act-dim
+OBS_DIM, ACT_DIM = 2, 1  # set per algorithm (DEFAULTS) or by --obs-dim / --act-dim
 ARGS = SimpleNamespace(policy_noise=0.2, noise_clip=0.5, gamma=0.99, tau=0.005, alpha=2.5, no_vd=False, epsilon=0.9, policy_freq=2)
+BCQ = SimpleNamespace(gamma=0.99, tau=0.005, lmbda=0.75, phi=0.05, n_samples=10, latent=10, epsilon=0.8,
+                      lr_q=1e-3, lr_xi=1e-4)  # mabcq_continuous.py's defaults
+CLOCK = time.perf_counter  # --clock cpu: time.process_time, the CPU time this process got (one thread: not the waits for a core)
+DEFAULTS = {"td3bc": dict(obs_dim=2, act_dim=1, hidden=256, batch_size=100),  # the differential game, MPE settings
+            "bcq": dict(obs_dim=17, act_dim=3, hidden=64, batch_size=1024)}  # HalfCheetah 2x3 (Table 11), MuJoCo settings
 
 
 def random_dataset(seed):
@@ -160,36 +175,167 @@ def batched_updates_per_second(n_agents, hidden, batch_size, seconds):
     return timed(step, seconds)
 
 
+# ---- MABCQ, naive: one learner object per agent, the same CORL style ----
+def mlp(in_dim, out_dim, hidden):
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out_dim))
+
+
+class NaiveVAE(nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        self.encoder = mlp(OBS_DIM + ACT_DIM, 2 * BCQ.latent, hidden)
+        self.decoder = mlp(OBS_DIM + BCQ.latent, ACT_DIM, hidden)
+
+    def decode(self, state):
+        z = torch.randn(state.shape[0], BCQ.latent).clamp(-0.5, 0.5)
+        return torch.tanh(self.decoder(torch.cat([state, z], 1)))
+
+
+class NaivePerturbation(nn.Module):
+    def __init__(self, hidden):
+        super().__init__()
+        self.net = mlp(OBS_DIM + ACT_DIM, ACT_DIM, hidden)
+
+    def forward(self, state, action):
+        return (action + BCQ.phi * torch.tanh(self.net(torch.cat([state, action], 1)))).clamp(-1, 1)
+
+
+class NaiveBCQAgent:
+    def __init__(self, data, hidden, batch_size):
+        self.data, self.batch_size = data, batch_size
+        self.vae = NaiveVAE(hidden)  # fitted before Q-learning and frozen: no optimiser here
+        self.actor = NaivePerturbation(hidden)
+        self.actor_target = copy.deepcopy(self.actor)
+        self.actor_optimizer = torch.optim.Adam(self.actor.parameters(), lr=BCQ.lr_xi)
+        self.critic_1, self.critic_2 = NaiveCritic(hidden), NaiveCritic(hidden)
+        self.critic_1_target, self.critic_2_target = copy.deepcopy(self.critic_1), copy.deepcopy(self.critic_2)
+        self.critic_1_optimizer = torch.optim.Adam(self.critic_1.parameters(), lr=BCQ.lr_q)
+        self.critic_2_optimizer = torch.optim.Adam(self.critic_2.parameters(), lr=BCQ.lr_q)
+
+    def sample(self):
+        indices = np.random.randint(0, DATA_SIZE, size=self.batch_size)
+        return [self.data[k][indices] for k in ("obs", "actions", "rewards", "next_obs", "dones", "lambda_tn")]
+
+    def soft_clipped(self, state, action, critics):
+        q1, q2 = (c(state, action).squeeze(1) for c in critics)
+        return BCQ.lmbda * torch.min(q1, q2) + (1 - BCQ.lmbda) * torch.max(q1, q2)
+
+    def train(self):
+        state, action, reward, next_state, done, lambda_tn = self.sample()
+        targets = (self.critic_1_target, self.critic_2_target)
+        with torch.no_grad():
+            repeated = torch.repeat_interleave(next_state, BCQ.n_samples, 0)
+            next_value = self.soft_clipped(repeated, self.actor_target(repeated, self.vae.decode(repeated)), targets)
+            next_value = next_value.reshape(self.batch_size, -1).max(1)[0]
+            target_q = reward + BCQ.gamma * (~done) * next_value
+            q_sa = self.soft_clipped(state, action, targets)
+            weight = lambda_tn * mabcq_continuous.value_deviation(next_value, q_sa, reward, done, BCQ.gamma, BCQ.epsilon)
+        current_q1, current_q2 = self.critic_1(state, action).squeeze(1), self.critic_2(state, action).squeeze(1)
+        critic_loss = (weight * (current_q1 - target_q) ** 2).mean() + (weight * (current_q2 - target_q) ** 2).mean()
+        self.critic_1_optimizer.zero_grad()
+        self.critic_2_optimizer.zero_grad()
+        critic_loss.backward()
+        self.critic_1_optimizer.step()
+        self.critic_2_optimizer.step()
+        with torch.no_grad():
+            sampled = self.vae.decode(state)
+        actor_loss = -(weight * self.critic_1(state, self.actor(state, sampled)).squeeze(1)).mean()
+        self.actor_optimizer.zero_grad()
+        actor_loss.backward()
+        self.actor_optimizer.step()
+        naive_soft_update(self.critic_1_target, self.critic_1, BCQ.tau)
+        naive_soft_update(self.critic_2_target, self.critic_2, BCQ.tau)
+        naive_soft_update(self.actor_target, self.actor, BCQ.tau)
+
+
+def naive_bcq_updates_per_second(n_agents, hidden, batch_size, seconds):
+    agents = [NaiveBCQAgent(random_dataset(i), hidden, batch_size) for i in range(n_agents)]
+
+    def step():
+        for agent in agents:
+            agent.train()
+
+    return timed(step, seconds)
+
+
+# ---- MABCQ, batched: mabcq_continuous.py's ensemble and losses, as its training loop calls them ----
+def batched_bcq_updates_per_second(n_agents, hidden, batch_size, seconds):
+    M = mabcq_continuous
+    gens = M.agent_generators(0, list(range(n_agents)), "cpu")
+    data = {k: torch.stack([random_dataset(i)[k] for i in range(n_agents)]) for k in random_dataset(0)}
+    sizes = [DATA_SIZE] * n_agents
+    g1 = M.ConditionalVAE(OBS_DIM, ACT_DIM, BCQ.latent, (hidden,), gens)
+    critic, xi = M.Critics(OBS_DIM, ACT_DIM, (hidden,), gens), M.Perturbation(OBS_DIM, ACT_DIM, (hidden,), BCQ.phi, gens)
+    critic_target, xi_target = copy.deepcopy(critic), copy.deepcopy(xi)
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=BCQ.lr_q, fused=True)
+    xi_optimizer = torch.optim.Adam(xi.parameters(), lr=BCQ.lr_xi, fused=True)
+    state = {"step": 0}
+
+    def step():
+        k = state["step"] % M.RNG_CHUNK
+        if k == 0:
+            state["idx"] = M.sample_indices(sizes, (M.RNG_CHUNK, batch_size), gens)
+        state["step"] += 1
+        batch = {key: M.gather(value, state["idx"][:, k]) for key, value in data.items()}
+        noise = M.randn(gens, batch_size * (BCQ.n_samples + 1), BCQ.latent, device="cpu")
+        target_noise, xi_noise = noise.split([batch_size * BCQ.n_samples, batch_size], 1)
+        critic_loss, _, weight, _ = M.bcq_critic_loss(critic, critic_target, xi_target, g1, batch, target_noise, BCQ.gamma,
+                                                      BCQ.lmbda, BCQ.epsilon, True)
+        critic_optimizer.zero_grad(set_to_none=True)
+        critic_loss.sum().backward()
+        critic_optimizer.step()
+        xi_loss = M.bcq_perturbation_loss(xi, critic, g1, batch["obs"], xi_noise, weight)
+        xi_optimizer.zero_grad(set_to_none=True)
+        xi_loss.sum().backward()
+        xi_optimizer.step()
+        M.soft_update(critic_target, critic, BCQ.tau)
+        M.soft_update(xi_target, xi, BCQ.tau)
+
+    return timed(step, seconds)
+
+
+MEASURE = {"td3bc": (batched_updates_per_second, naive_updates_per_second),
+           "bcq": (batched_bcq_updates_per_second, naive_bcq_updates_per_second)}
+
+
 def timed(step, seconds):
     for _ in range(50):  # warm-up
         step()
-    n, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+    n, start = 0, CLOCK()
+    while CLOCK() - start < seconds:
         for _ in range(20):
             step()
         n += 20
-    return n / (time.perf_counter() - start)
+    return n / (CLOCK() - start)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algo", nargs="+", choices=list(MEASURE), default=["td3bc"], help="td3bc (matd3bc.py) and/or bcq (mabcq_continuous.py)")
     parser.add_argument("--agents", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--obs-dim", type=int, default=OBS_DIM)
-    parser.add_argument("--act-dim", type=int, default=ACT_DIM)
+    parser.add_argument("--hidden", type=int, default=None, help="width of the (hidden, hidden) MLPs (default per --algo: 256, 64)")
+    parser.add_argument("--batch-size", type=int, default=None, help="per agent (default per --algo: 100, 1024)")
+    parser.add_argument("--obs-dim", type=int, default=None, help="default per --algo: 2 (dg), 17 (HalfCheetah)")
+    parser.add_argument("--act-dim", type=int, default=None, help="per agent; default per --algo: 1 (dg), 3 (HalfCheetah 2x3)")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements; the best of each is reported")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time, robust on a shared machine (with one thread)")
     args = parser.parse_args()
-    OBS_DIM, ACT_DIM = args.obs_dim, args.act_dim
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     np.random.seed(0)
-    torch.set_flush_denormal(True)  # as matd3bc.py does; applies to both paths
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, obs {OBS_DIM}, act {ACT_DIM}")
-    for n_agents in args.agents:
-        batched, naive = [], []
-        for _ in range(args.repeats):
-            batched.append(batched_updates_per_second(n_agents, args.hidden, args.batch_size, args.seconds))
-            naive.append(naive_updates_per_second(n_agents, args.hidden, args.batch_size, args.seconds))
-        print(f"agents={n_agents} hidden=({args.hidden},{args.hidden}) batch={args.batch_size} "
-              f"batched={max(batched):.1f}/s naive={max(naive):.1f}/s ratio={max(batched) / max(naive):.2f}", flush=True)
+    torch.set_flush_denormal(True)  # as the scripts do; applies to both paths
+    for algo in args.algo:
+        setting = {k: DEFAULTS[algo][k] if getattr(args, k) is None else getattr(args, k) for k in DEFAULTS[algo]}
+        OBS_DIM, ACT_DIM = setting["obs_dim"], setting["act_dim"]
+        hidden, batch_size = setting["hidden"], setting["batch_size"]
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {algo}, obs {OBS_DIM}, act {ACT_DIM}")
+        for n_agents in args.agents:
+            batched, naive = [], []
+            for _ in range(args.repeats):
+                batched.append(MEASURE[algo][0](n_agents, hidden, batch_size, args.seconds))
+                naive.append(MEASURE[algo][1](n_agents, hidden, batch_size, args.seconds))
+            b, n = max(batched), max(naive)
+            print(f"agents={n_agents} algo={algo} hidden=({hidden},{hidden}) batch={batch_size} "
+                  f"batched={b:.1f}/s ({1000 / b:.1f} ms) naive={n:.1f}/s ({1000 / n:.1f} ms) ratio={b / n:.2f}", flush=True)
