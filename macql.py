@@ -11,6 +11,7 @@ Unavailable actions never enter the logsumexp, the target's max or the greedy ac
 
     python macql.py --env-id smax-3m --quality random                 # MACQL, Table 8
     python macql.py --env-id smax-3m --quality random --no-vd --no-tn # the CQL baseline
+    python macql.py --env-id matrix-game --tn-estimator count         # sanity check: (a2, a1), payoff 6
     python macql.py --resume runs/<run_name>                          # continue a killed run
 
 Sections: Args -> the algorithm (networks, lambda weights, losses) -> evaluation -> data
@@ -107,12 +108,12 @@ class Args:
     """target network update: lerp towards the online network by tau (1 = copy)"""
     target_update_freq: int = 1
     """update the target network every this many steps (discrete BCQ: 1 with tau 0.005, or 8000 with tau 1 on Atari)"""
-    cql_alpha: float = 0.2
-    """CQL's alpha: weight of logsumexp_a Q(o, a) - Q(o, a_data) (ECAI Table 12)"""
-    weight_cql_term: bool = False
-    """also multiply the CQL term by lambda_tn * lambda_vd (default: the TD term only, see docs/macql.md)"""
-    epsilon: float = 0.99
-    """optimism level: lambda_vd is clipped to [1 - epsilon, 1 + epsilon]"""
+    cql_alpha: float | None = None
+    """CQL's alpha: weight of logsumexp_a Q(o, a) - Q(o, a_data) (None: the env's preset, 0.2 = ECAI Table 12)"""
+    weight_cql_term: bool = True
+    """multiply the CQL term by lambda_tn * lambda_vd as well as the TD term (--no-weight-cql-term: the TD term only; docs/macql.md)"""
+    epsilon: float | None = None
+    """optimism level: lambda_vd is clipped to [1 - epsilon, 1 + epsilon] (None: the env's preset, 0.99 on SMAC)"""
     no_vd: bool = False
     """switch off the value deviation weight lambda_vd"""
     no_tn: bool = False
@@ -149,13 +150,24 @@ def check_args(args: Args) -> None:
 def algorithm(args: Args) -> tuple[str, str]:
     """The paper's name of what the flags make (results.json `algorithm`) and the run-name variant."""
     variant = "".join(f"-{flag}" for flag in ("no_vd", "no_tn") if getattr(args, flag))
+    if not args.weight_cql_term and not (args.no_vd and args.no_tn):
+        variant += "-td_weights"
     weights = [w for w, off in (("lambda_vd", args.no_vd), ("lambda_tn", args.no_tn)) if not off]
     name = "MACQL" if len(weights) == 2 else "CQL" + (f" w/ {weights[0]}" if weights else "")
     return name, variant
 
 
-# per-env defaults of flags left unset: none yet. The paper's SMAC epsilon (0.99) is the default.
-PRESETS = {}
+# per-env defaults of the flags left unset (None). The paper gives one value per benchmark, not per map:
+# epsilon 0.99 on SMAC (Appendix B) and CQL's alpha 0.2 (Table 12). The matrix game takes the same values
+# (MACQL learns the optimal (a2, a1) with them, CQL the paper's (a1, a2): docs/macql.md).
+SMAC = dict(epsilon=0.99, cql_alpha=0.2)
+PRESETS = {"smax-3m": SMAC, "smax-8m": SMAC, "smax-3s_vs_3z": SMAC, "smax-3s_vs_4z": SMAC, "matrix-game": SMAC}
+
+
+def apply_presets(args: Args) -> None:
+    for name, value in PRESETS.get(args.env_id, SMAC).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def agent_generators(seed: int, agent_ids: list[int], device) -> list[torch.Generator]:
@@ -231,22 +243,23 @@ def take(values, actions):  # values [n_agents, batch, n_actions], actions [n_ag
 
 
 def targets(qnet_target, obs, actions, next_obs, next_avail):
-    """V'(s') = max over the available next actions of the target Q, and Q^(s, a) from the target network,
-    one target pass over s' and s. A next state with no legal action (after a terminal) has V' = 0: unused."""
-    target_q = qnet_target(torch.cat([next_obs, obs], 1))
+    """V'(s') = max over the available next actions of the target Q (SPEC: CQL's own next-state value), and
+    Q^(s, a), both from the target network in one pass over s' and s. Every mask row allows some action
+    (envs/dataset.py refuses data that does not; main checks it again)."""
+    target_q = qnet_target(torch.cat([next_obs, obs], 1))  # [n_agents, 2 * batch, n_actions]
     target_next, target_obs = target_q.split(obs.shape[1], 1)
-    next_value = masked(target_next, next_avail).max(-1).values
-    return torch.where(next_avail.any(-1), next_value, torch.zeros_like(next_value)), take(target_obs, actions)
+    return masked(target_next, next_avail).max(-1).values, take(target_obs, actions)
 
 
 def cql_loss(q, actions, avail, td_target, weight, alpha, weight_cql_term):
-    """Per-agent CQL(H) loss (Kumar et al. 2020, eq. 4 with the entropy regulariser):
-    E[w (Q(o, a) - y)^2] + alpha * E[w' (logsumexp_{a' available} Q(o, a') - Q(o, a))],
-    w = lambda_tn * lambda_vd (eq. (1) of the ECAI paper), w' = w with --weight-cql-term, else 1.
-    q [n_agents, batch, n_actions]. Returns (total, td, cql), each [n_agents]."""
+    """Per-agent CQL(H) loss (Kumar et al. 2020, eq. 4), weighted per sample as in eq. (1) of the ECAI paper:
+    E[w (Q(o, a) - y)^2 / 2] + alpha * E[w' (logsumexp_{a' available} Q(o, a') - Q(o, a))],
+    w = lambda_tn * lambda_vd, w' = w (--weight-cql-term, the default) or 1 (--no-weight-cql-term).
+    The 1/2 is Kumar et al.'s, so that alpha means what it means there (and in Huber-loss implementations).
+    q [n_agents, batch, n_actions], the rest [n_agents, batch]. Returns (total, td, cql), each [n_agents]."""
     q_sa = take(q, actions)
-    td = (weight * (q_sa - td_target) ** 2).mean(-1)
-    gap = torch.logsumexp(masked(q, avail), -1) - q_sa  # >= 0: pushes unseen actions down, the data's up
+    td = (weight * (q_sa - td_target) ** 2).mean(-1) / 2
+    gap = torch.logsumexp(masked(q, avail), -1) - q_sa  # >= 0: pushes the other legal actions down, the data's up
     cql = ((weight if weight_cql_term else 1.0) * gap).mean(-1)
     return td + alpha * cql, td, cql
 
@@ -261,6 +274,24 @@ def value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon):
     lambda_vd = 1 + (next_value - expected) / (expected.abs() + 1e-6)
     lambda_vd = lambda_vd.clamp(1 - epsilon, 1 + epsilon)
     return torch.where(dones, torch.ones_like(lambda_vd), lambda_vd)
+
+
+def macql_loss(qnet, qnet_target, batch, gamma, epsilon, alpha, use_vd, weight_cql_term):
+    """One batch of every agent -> the per-agent loss [n_agents] and the terms to log (tensors).
+
+    batch: obs, next_obs [n_agents, batch, obs_dim]; actions, rewards, dones, lambda_tn [n_agents, batch];
+    avail_actions, next_avail_actions [n_agents, batch, n_actions]. y = r + gamma (1 - done) V'(s')."""
+    with torch.no_grad():
+        next_value, q_sa_target = targets(qnet_target, batch["obs"], batch["actions"], batch["next_obs"], batch["next_avail_actions"])
+        td_target = batch["rewards"] + gamma * torch.where(batch["dones"], 0.0, next_value)
+        weight = batch["lambda_tn"]
+        lambda_vd = None
+        if use_vd:
+            lambda_vd = value_deviation(next_value, q_sa_target, batch["rewards"], batch["dones"], gamma, epsilon)
+            weight = weight * lambda_vd  # eq. (1): lambda_tn * lambda_vd
+    q = qnet(batch["obs"])  # [n_agents, batch, n_actions]
+    loss, td, cql = cql_loss(q, batch["actions"], batch["avail_actions"], td_target, weight, alpha, weight_cql_term)
+    return loss, dict(td_loss=td, cql_loss=cql, q_values=take(q, batch["actions"]).detach(), lambda_vd=lambda_vd)
 
 
 def count_lambda_tn(obs, actions, next_obs):
@@ -337,23 +368,29 @@ def fit_lambda_tn(data, args, generators, device, progress=True, on_step=None):
 # ALGO LOGIC: evaluation of the team and the paper's analysis metrics
 @torch.no_grad()
 def evaluate(env, qnet, n_episodes, gamma, seed, device):
-    """Run the team's greedy policies (argmax of Q over the available actions).
+    """Run the team's greedy policies (argmax of Q over the available actions), every agent on its own
+    observation; the same episodes as `envs.smax.evaluate_team(env, policy, n_episodes, seed)` (tested).
 
     Returns the team return (undiscounted, first `eval_episode_len` steps), the win rate where the
-    env has wins, and the extrapolation error |(1/N) sum_i Q_i(o_i, a_i) - G| at the start states,
-    G the discounted Monte-Carlo return."""
+    env has wins, the extrapolation error |(1/N) sum_i Q_i(o_i, a_i) - G| at the start states, G the
+    discounted Monte-Carlo return (Table 7), and `value_difference_eval`: max_i V_i(s) - min_i V_i(s),
+    V_i = max over the available actions of Q_i(o_i, .), averaged over the states the team visits."""
     rng = np.random.default_rng(seed)
     obs = env.reset(n_episodes, rng)
     n_actions = qnet.net.layers[-1].weight.shape[-1]
     team_return, discounted_return = np.zeros(n_episodes), np.zeros(n_episodes)
     alive = np.ones(n_episodes, dtype=bool)
+    spread, visited = 0.0, 0
     for t in range(env.eval_episode_len):
         o = torch.as_tensor(np.stack(obs), device=device)  # [n_agents, episodes, obs_dim]
         avail = torch.as_tensor(pad_masks(env.avail_actions(), n_actions), device=device)
-        q = qnet(o)
-        act = masked(q, avail).argmax(-1)
+        q = masked(qnet(o), avail)  # [n_agents, episodes, n_actions], -inf where unavailable
+        act = q.argmax(-1)
+        values = q.max(-1).values  # V_i(o_i), [n_agents, episodes]
+        spread += float(((values.max(0).values - values.min(0).values) * torch.as_tensor(alive, device=device)).sum())
+        visited += int(alive.sum())
         if t == 0:
-            q_start = take(q, act).mean(0).cpu().numpy()
+            q_start = values.mean(0).cpu().numpy()  # (1/N) sum_i Q_i(o_i, a_i), a_i the greedy action
             start_actions = act[:, 0].tolist()
         obs, reward, terminated = env.step(list(act.cpu().numpy()))
         team_return += alive * reward
@@ -367,6 +404,7 @@ def evaluate(env, qnet, n_episodes, gamma, seed, device):
         extrapolation_error=float(np.abs(q_start - discounted_return).mean()),
         q_start=float(q_start.mean()),
         mc_return=float(discounted_return.mean()),
+        value_difference_eval=spread / visited,
         start_actions=start_actions,
     )
     if hasattr(env, "won"):  # SMAX: every enemy dead while an ally lives
@@ -397,6 +435,9 @@ def pad_masks(masks, n_actions):  # per-agent [*, n_i] -> [*, n_actions]; padded
     return np.stack([np.pad(m, [(0, 0)] * (m.ndim - 1) + [(0, n_actions - m.shape[-1])]) for m in masks])
 
 
+BATCH_KEYS = ("obs", "actions", "rewards", "next_obs", "dones", "avail_actions", "next_avail_actions")
+
+
 def stack_agent_data(agent_data: list[dict], n_actions: int, device):
     """Stack the agents' arrays along a leading agent dimension, padding to the longest dataset;
     every agent samples only its own first `size` rows."""
@@ -404,7 +445,7 @@ def stack_agent_data(agent_data: list[dict], n_actions: int, device):
         raise InputError("the batched ensemble needs equal observation sizes across agents")
     size = max(len(d["rewards"]) for d in agent_data)
     out = {"size": [len(d["rewards"]) for d in agent_data]}
-    for key in ("obs", "actions", "rewards", "next_obs", "dones", "avail_actions", "next_avail_actions"):
+    for key in BATCH_KEYS:
         arrays = [d[key] for d in agent_data]
         if key.endswith("avail_actions"):
             arrays = list(pad_masks(arrays, n_actions)) if len({a.shape[1] for a in arrays}) > 1 else arrays
@@ -660,6 +701,7 @@ def save_agent_checkpoints(run_dir: Path, agent_ids: list[int], env_kwargs: dict
 
 if __name__ == "__main__":
     args = parse_args()
+    apply_presets(args)
     check_args(args)
     algorithm_name, variant = algorithm(args)
     device = pick_device(args.cuda)
@@ -699,6 +741,8 @@ if __name__ == "__main__":
     recipe = {"n_episodes": args.n_episodes, "quality": args.quality}
     env, agent_data, meta = datasets.load(args.env_id, env_kwargs, recipe, args.dataset_dir, agent_ids)
     meta["path"] = str(datasets.dataset_path(args.dataset_dir, args.env_id, meta["env_kwargs"], meta["recipe"]))
+    # the logsumexp, the target's max and the greedy action need a legal action in every row: envs/dataset.py refuses other data
+    assert all(agent_data[i][k].any(-1).all() for i in agent_ids for k in ("avail_actions", "next_avail_actions"))
 
     # the run folder: nothing is written before this point
     run_dir, results, state = start_run(args, algorithm_name, variant, meta, agent_ids, device)
@@ -801,22 +845,14 @@ if __name__ == "__main__":
                         initial=start_step, total=args.total_steps)
         for global_step in progress:
             cores.update()
-            # ALGO LOGIC: one CQL update of every agent, the TD loss weighted by lambda_tn * lambda_vd
+            # ALGO LOGIC: one CQL update of every agent, weighted by lambda_tn * lambda_vd (eq. (1))
             if (global_step - 1) % RNG_CHUNK == 0:  # one draw per agent for RNG_CHUNK steps: per-step draws cost more
                 chunk = dict(idx=sample_indices(data["size"], (RNG_CHUNK, args.batch_size), generators))
             idx = chunk["idx"][:, (global_step - 1) % RNG_CHUNK]
-            obs, actions, rewards = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["rewards"], idx)
-            next_obs, dones = gather(data["next_obs"], idx), gather(data["dones"], idx)
-            avail, next_avail = gather(data["avail_actions"], idx), gather(data["next_avail_actions"], idx)
-            with torch.no_grad():
-                next_value, q_sa_target = targets(qnet_target, obs, actions, next_obs, next_avail)
-                td_target = rewards + args.gamma * torch.where(dones, 0.0, next_value)
-                weight = gather(lambda_tn, idx)
-                if not args.no_vd:
-                    lambda_vd = value_deviation(next_value, q_sa_target, rewards, dones, args.gamma, args.epsilon)
-                    weight = weight * lambda_vd
-            q = qnet(obs)  # [n_agents, batch, n_actions]
-            loss, td_loss, gap = cql_loss(q, actions, avail, td_target, weight, args.cql_alpha, args.weight_cql_term)
+            batch = {k: gather(data[k], idx) for k in BATCH_KEYS}  # [n_agents, batch, ...]
+            batch["lambda_tn"] = gather(lambda_tn, idx)
+            loss, terms = macql_loss(qnet, qnet_target, batch, args.gamma, args.epsilon, args.cql_alpha, not args.no_vd,
+                                     args.weight_cql_term)
             optimizer.zero_grad(set_to_none=True)
             loss.sum().backward()  # sum over agents: each agent's gradient is its own loss's
             optimizer.step()
@@ -826,15 +862,15 @@ if __name__ == "__main__":
             evaluate_now = global_step % args.eval_freq == 0 or global_step == args.total_steps
             if global_step % 1000 == 0 or evaluate_now:
                 logs = {
-                    "losses/td_loss": td_loss.mean().item(),
-                    "losses/cql_loss": gap.mean().item(),  # logsumexp Q - Q(data), before alpha
-                    "losses/q_values": take(q, actions).mean().item(),
+                    "losses/td_loss": terms["td_loss"].mean().item(),  # weighted (Q - y)^2 / 2
+                    "losses/cql_loss": terms["cql_loss"].mean().item(),  # logsumexp Q - Q(data) as it enters the loss, before alpha
+                    "losses/q_values": terms["q_values"].mean().item(),
                 }
                 if not args.no_tn:
-                    batch_tn = gather(lambda_tn, idx)
-                    logs.update({f"weights/lambda_tn_{f}": getattr(batch_tn, f)().item() for f in ("mean", "min", "max")})
+                    logs.update({f"weights/lambda_tn_{f}": getattr(batch["lambda_tn"], f)().item() for f in ("mean", "min", "max")})
                 if not args.no_vd:
-                    live = lambda_vd[~dones] if (~dones).any() else lambda_vd  # terminal transitions are 1 by definition
+                    live = ~batch["dones"]  # terminal transitions are 1 by definition
+                    live = terms["lambda_vd"][live] if live.any() else terms["lambda_vd"]
                     logs.update({f"weights/lambda_vd_{f}": getattr(live, f)().item() for f in ("mean", "min", "max")})
                     logs["weights/lambda_vd_clipped"] = ((live - 1).abs() >= args.epsilon - 1e-6).float().mean().item()
                 for k, v in logs.items():

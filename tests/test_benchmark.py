@@ -29,3 +29,13 @@ def test_contention_benchmark_prints_alone_and_pair_lines():
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.startswith("threads=")]
     assert len(lines) == 6 and all("speed_vs_lone_2threads=" in line for line in lines)
+
+
+def test_throughput_benchmarks_of_bcq_and_cql_print_their_lines():
+    for cmd in (["benchmark/throughput.py", "--algo", "bcq", "--agents", "2", "--hidden", "8", "--batch-size", "8"],
+                ["benchmark/throughput_cql.py", "--agents", "3"]):
+        proc = subprocess.run([sys.executable, *cmd, "--seconds", "0.05", "--repeats", "1"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert proc.returncode == 0, proc.stderr
+        lines = [line for line in proc.stdout.splitlines() if "ratio=" in line]
+        assert len(lines) == 1 and "batched=" in lines[0], proc.stdout
