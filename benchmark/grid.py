@@ -212,11 +212,29 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
     except KeyboardInterrupt:
         print(f"interrupted: stopping {len(pending)} runs (they record themselves as interrupted); "
               "rerun the same command to resume them", flush=True)
+        for run, _ in pending.values():  # runs on this node: SIGTERM them directly, not only through Ray's cancel
+            terminate_local(runs_root / run.name)
         for ref in pending:
             ray.cancel(ref)
         ray.wait(list(pending), num_returns=len(pending), timeout=150)
         raise
     return counts["done"], failed
+
+
+def terminate_local(run_dir: Path) -> None:
+    """SIGTERM a running run whose process lives on this host (results.json `pid`, `host`): it records itself
+    as interrupted and exits. A run on another node is stopped by ray.cancel, whose KeyboardInterrupt makes
+    `execute` terminate its child."""
+    results = read_results(run_dir) or {}
+    if results.get("status") != "running" or results.get("host") != os.uname().nodename:
+        return
+    try:
+        pid = int(results["pid"])
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        if run_dir.name in command:  # that run's process, not a stale pid reused by another one
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, KeyError, ValueError, TypeError):
+        pass
 
 
 STOP = threading.Event()
