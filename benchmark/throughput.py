@@ -131,8 +131,9 @@ class NaiveAgent:
             naive_soft_update(self.actor_target, self.actor, ARGS.tau)
 
 
-def naive_updates_per_second(n_agents, hidden, batch_size, seconds):
-    agents = [NaiveAgent(random_dataset(i), hidden, batch_size) for i in range(n_agents)]
+def naive_updates_per_second(n_agents, hidden, batch_size, seconds, agent_class=None):
+    """One agent object per agent (NaiveAgent: TD3+BC, NaiveBCQAgent: MABCQ), updated one after the other."""
+    agents = [(agent_class or NaiveAgent)(random_dataset(i), hidden, batch_size) for i in range(n_agents)]
 
     def step():
         for agent in agents:
@@ -248,16 +249,6 @@ class NaiveBCQAgent:
         naive_soft_update(self.actor_target, self.actor, BCQ.tau)
 
 
-def naive_bcq_updates_per_second(n_agents, hidden, batch_size, seconds):
-    agents = [NaiveBCQAgent(random_dataset(i), hidden, batch_size) for i in range(n_agents)]
-
-    def step():
-        for agent in agents:
-            agent.train()
-
-    return timed(step, seconds)
-
-
 # ---- MABCQ, batched: mabcq_continuous.py's ensemble and losses, as its training loop calls them ----
 def batched_bcq_updates_per_second(n_agents, hidden, batch_size, seconds):
     M = mabcq_continuous
@@ -295,7 +286,7 @@ def batched_bcq_updates_per_second(n_agents, hidden, batch_size, seconds):
 
 
 MEASURE = {"td3bc": (batched_updates_per_second, naive_updates_per_second),
-           "bcq": (batched_bcq_updates_per_second, naive_bcq_updates_per_second)}
+           "bcq": (batched_bcq_updates_per_second, lambda *a: naive_updates_per_second(*a, agent_class=NaiveBCQAgent))}
 
 
 def timed(step, seconds):
