@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import envs
+from conftest import ROOT
 from envs import InputError, cn, dataset
 
 TINY = {"n_transitions": 500}
@@ -219,3 +220,15 @@ def test_cn_bad_options_name_the_option(tmp_path, registered):
     with pytest.raises(InputError, match="--episode-len must be a positive integer"):
         dataset.build("cn", {}, {"n_transitions": 100, "episode_len": 2.5}, str(tmp_path))
     assert not any(tmp_path.iterdir())  # nothing half-built left behind
+
+
+def test_reference_teams_print_and_covering_the_landmarks_beats_uniform_play():
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "benchmark/cn_references.py", "--episodes", "50"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("|")[1].strip(): float(line.split("|")[2].split("±")[0]) for line in proc.stdout.splitlines()[2:]}
+    assert set(rows) == {"uniform", "nearest landmark", "landmark i"}
+    assert rows["landmark i"] > rows["uniform"]

@@ -409,7 +409,7 @@ def test_concurrent_builders_of_one_dataset_both_succeed_and_keep_one_folder(tmp
 
 # ---- 6. the benchmark tables run as scripts ----
 
-@pytest.mark.parametrize("script", ["datasets_table.py", "behavior_table.py", "smax_references.py"])
+@pytest.mark.parametrize("script", ["datasets_table.py", "behavior_table.py", "smax_references.py", "cn_references.py"])
 def test_benchmark_tables_run_as_scripts(script, tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmark" / script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
