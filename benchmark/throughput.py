@@ -3,6 +3,8 @@
     python benchmark/throughput.py                 # TD3+BC (matd3bc.py): 2 and 4 agents, (256, 256) MLPs, batch 100
     python benchmark/throughput.py --agents 2 4 8 --hidden 64 --batch-size 1024
     python benchmark/throughput.py --algo bcq --agents 2 3   # MABCQ (mabcq_continuous.py): (64, 64), batch 1024, HalfCheetah's sizes
+    python benchmark/throughput.py --algo cql --agents 3     # MACQL (macql.py): (256, 256), batch 100, smax-3m's sizes
+    python benchmark/throughput.py --algo cql --agents 8 --obs-dim 205 --act-dim 13   # smax-8m's sizes
 
 Both paths run in this one process with the same torch settings and the same math. A team
 update is one gradient step of every agent. The naive loop is written the way CORL's
@@ -16,6 +18,10 @@ updates through `param.data.copy_`. The batched path calls the script's own func
   next state for the soft clipped double-Q target, lambda_vd from the target critics, lambda_tn
   per transition, the perturbation model's weighted update, G1 frozen (Algorithm 1).
   Defaults: HalfCheetah 2x3 (obs 17, act 3 per agent), (64, 64), batch 1024 (ECAI Appendix B).
+- `--algo cql`: MACQL's update (macql.py's `macql_loss`): masked CQL(H) (logsumexp over the available
+  actions, target max over the available next actions), lambda_vd from the target network,
+  lambda_tn * lambda_vd on both terms, Polyak target update. --act-dim is the number of actions.
+  Defaults: smax-3m (obs 75, 8 actions), (256, 256), batch 100 (ECAI Appendix B on SMAC).
 
 Prints one line per setting: batched and naive team updates/s, ms per team update, and
 ratio=<batched/naive>.
@@ -35,6 +41,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mabcq_continuous  # noqa: E402
+import macql  # noqa: E402
 import matd3bc  # noqa: E402
 
 DATA_SIZE = 100_000
@@ -44,7 +51,9 @@ BCQ = SimpleNamespace(gamma=0.99, tau=0.005, lmbda=0.75, phi=0.05, n_samples=10,
                       lr_q=1e-3, lr_xi=1e-4)  # mabcq_continuous.py's defaults
 CLOCK = time.perf_counter  # --clock cpu: time.process_time, the CPU time this process got (one thread: not the waits for a core)
 DEFAULTS = {"td3bc": dict(obs_dim=2, act_dim=1, hidden=256, batch_size=100),  # the differential game, MPE settings
-            "bcq": dict(obs_dim=17, act_dim=3, hidden=64, batch_size=1024)}  # HalfCheetah 2x3 (Table 11), MuJoCo settings
+            "bcq": dict(obs_dim=17, act_dim=3, hidden=64, batch_size=1024),  # HalfCheetah 2x3 (Table 11), MuJoCo settings
+            "cql": dict(obs_dim=75, act_dim=8, hidden=256, batch_size=100)}  # smax-3m (8m: obs 205, 13 actions), SMAC settings
+CQL = SimpleNamespace(gamma=0.99, tau=0.005, alpha=0.2, epsilon=0.99, lr=1e-4)  # macql.py's SMAC presets
 
 
 def random_dataset(seed):
@@ -131,9 +140,10 @@ class NaiveAgent:
             naive_soft_update(self.actor_target, self.actor, ARGS.tau)
 
 
-def naive_updates_per_second(n_agents, hidden, batch_size, seconds, agent_class=None):
-    """One agent object per agent (NaiveAgent: TD3+BC, NaiveBCQAgent: MABCQ), updated one after the other."""
-    agents = [(agent_class or NaiveAgent)(random_dataset(i), hidden, batch_size) for i in range(n_agents)]
+def naive_updates_per_second(n_agents, hidden, batch_size, seconds, agent_class=None, dataset=None):
+    """One agent object per agent (NaiveAgent: TD3+BC, NaiveBCQAgent: MABCQ, NaiveCQLAgent: MACQL), each on its
+    own data, updated one after the other."""
+    agents = [(agent_class or NaiveAgent)((dataset or random_dataset)(i), hidden, batch_size) for i in range(n_agents)]
 
     def step():
         for agent in agents:
@@ -285,8 +295,75 @@ def batched_bcq_updates_per_second(n_agents, hidden, batch_size, seconds):
     return timed(step, seconds)
 
 
+# ---- MACQL: discrete actions with masks; ACT_DIM is the number of actions ----
+def random_discrete_dataset(seed):
+    """One agent's data: random observations and masks (action 0 always legal), actions legal under their mask."""
+    g = torch.Generator().manual_seed(seed)
+    avail = torch.rand(DATA_SIZE, ACT_DIM, generator=g) > 0.5
+    next_avail = torch.rand(DATA_SIZE, ACT_DIM, generator=g) > 0.5
+    avail[:, 0] = next_avail[:, 0] = True
+    return dict(obs=torch.randn(DATA_SIZE, OBS_DIM, generator=g), next_obs=torch.randn(DATA_SIZE, OBS_DIM, generator=g),
+                actions=torch.multinomial(avail.float(), 1, generator=g).squeeze(1), rewards=torch.randn(DATA_SIZE, generator=g),
+                dones=torch.rand(DATA_SIZE, generator=g) < 0.01, avail_actions=avail, next_avail_actions=next_avail,
+                lambda_tn=torch.rand(DATA_SIZE, generator=g) + 0.5)
+
+
+class NaiveCQLAgent:
+    """One agent's Q-network, target copy and default Adam, numpy indices, `param.data.copy_` soft updates."""
+
+    def __init__(self, data, hidden, batch_size):
+        self.data, self.batch_size = data, batch_size
+        self.q = nn.Sequential(nn.Linear(OBS_DIM, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, ACT_DIM))
+        self.target = copy.deepcopy(self.q)
+        self.optimizer = torch.optim.Adam(self.q.parameters(), lr=CQL.lr)
+
+    def train(self):
+        b = {k: v[np.random.randint(0, DATA_SIZE, size=self.batch_size)] for k, v in self.data.items()}
+        with torch.no_grad():
+            target_next, target_obs = self.target(torch.cat([b["next_obs"], b["obs"]])).split(self.batch_size)
+            next_value = target_next.masked_fill(~b["next_avail_actions"], -torch.inf).max(1).values
+            q_sa_target = target_obs.gather(1, b["actions"][:, None]).squeeze(1)
+            y = b["rewards"] + CQL.gamma * (~b["dones"]) * next_value
+            weight = b["lambda_tn"] * macql.value_deviation(next_value, q_sa_target, b["rewards"], b["dones"], CQL.gamma, CQL.epsilon)
+        q = self.q(b["obs"])
+        q_sa = q.gather(1, b["actions"][:, None]).squeeze(1)
+        gap = torch.logsumexp(q.masked_fill(~b["avail_actions"], -torch.inf), 1) - q_sa
+        loss = (weight * (q_sa - y) ** 2).mean() / 2 + CQL.alpha * (weight * gap).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        naive_soft_update(self.target, self.q, CQL.tau)
+
+
+def batched_cql_updates_per_second(n_agents, hidden, batch_size, seconds):
+    """macql.py's ensemble, `macql_loss`, fused Adam and index streams, as its training loop calls them."""
+    generators = macql.agent_generators(0, list(range(n_agents)), "cpu")
+    parts = [random_discrete_dataset(i) for i in range(n_agents)]
+    data = {k: torch.stack([part[k] for part in parts]) for k in parts[0]}  # [n_agents, DATA_SIZE, ...]
+    qnet = macql.QNetwork(OBS_DIM, ACT_DIM, hidden, generators)
+    qnet_target = copy.deepcopy(qnet)
+    optimizer = torch.optim.Adam(qnet.parameters(), lr=CQL.lr, fused=True)
+    state = {"step": 0}
+
+    def step():
+        k = state["step"] % macql.RNG_CHUNK
+        if k == 0:
+            state["idx"] = macql.sample_indices([DATA_SIZE] * n_agents, (macql.RNG_CHUNK, batch_size), generators)
+        state["step"] += 1
+        batch = {key: macql.gather(value, state["idx"][:, k]) for key, value in data.items()}
+        loss, _ = macql.macql_loss(qnet, qnet_target, batch, CQL.gamma, CQL.epsilon, CQL.alpha, use_vd=True, weight_cql_term=True)
+        optimizer.zero_grad(set_to_none=True)
+        loss.sum().backward()
+        optimizer.step()
+        macql.soft_update(qnet_target, qnet, CQL.tau)
+
+    return timed(step, seconds)
+
+
 MEASURE = {"td3bc": (batched_updates_per_second, naive_updates_per_second),
-           "bcq": (batched_bcq_updates_per_second, lambda *a: naive_updates_per_second(*a, agent_class=NaiveBCQAgent))}
+           "bcq": (batched_bcq_updates_per_second, lambda *a: naive_updates_per_second(*a, agent_class=NaiveBCQAgent)),
+           "cql": (batched_cql_updates_per_second,
+                   lambda *a: naive_updates_per_second(*a, agent_class=NaiveCQLAgent, dataset=random_discrete_dataset))}
 
 
 def timed(step, seconds):
@@ -302,12 +379,12 @@ def timed(step, seconds):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--algo", nargs="+", choices=list(MEASURE), default=["td3bc"], help="td3bc (matd3bc.py) and/or bcq (mabcq_continuous.py)")
+    parser.add_argument("--algo", nargs="+", choices=list(MEASURE), default=["td3bc"], help="td3bc (matd3bc.py), bcq (mabcq_continuous.py), cql (macql.py)")
     parser.add_argument("--agents", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--hidden", type=int, default=None, help="width of the (hidden, hidden) MLPs (default per --algo: 256, 64)")
-    parser.add_argument("--batch-size", type=int, default=None, help="per agent (default per --algo: 100, 1024)")
-    parser.add_argument("--obs-dim", type=int, default=None, help="default per --algo: 2 (dg), 17 (HalfCheetah)")
-    parser.add_argument("--act-dim", type=int, default=None, help="per agent; default per --algo: 1 (dg), 3 (HalfCheetah 2x3)")
+    parser.add_argument("--hidden", type=int, default=None, help="width of the (hidden, hidden) MLPs (default per --algo: 256, 64, 256)")
+    parser.add_argument("--batch-size", type=int, default=None, help="per agent (default per --algo: 100, 1024, 100)")
+    parser.add_argument("--obs-dim", type=int, default=None, help="default per --algo: 2 (dg), 17 (HalfCheetah), 75 (smax-3m)")
+    parser.add_argument("--act-dim", type=int, default=None, help="per agent, the number of actions for cql; default per --algo: 1 (dg), 3 (HalfCheetah 2x3), 8 (smax-3m)")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements; the best of each is reported")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
