@@ -89,6 +89,17 @@ class NaiveCritic(nn.Module):
         return self.net(torch.cat([state, action], 1))
 
 
+def naive_twin_critic_update(agent, state, action, target_q, weight):
+    """The weighted squared TD loss of both critics of one naive agent, and their optimiser steps."""
+    current_q1, current_q2 = agent.critic_1(state, action).squeeze(1), agent.critic_2(state, action).squeeze(1)
+    critic_loss = (weight * (current_q1 - target_q) ** 2).mean() + (weight * (current_q2 - target_q) ** 2).mean()
+    agent.critic_1_optimizer.zero_grad()
+    agent.critic_2_optimizer.zero_grad()
+    critic_loss.backward()
+    agent.critic_1_optimizer.step()
+    agent.critic_2_optimizer.step()
+
+
 def naive_soft_update(target, source, tau):
     for target_param, source_param in zip(target.parameters(), source.parameters()):
         target_param.data.copy_((1 - tau) * target_param.data + tau * source_param.data)
@@ -120,13 +131,7 @@ class NaiveAgent:
             target_q = reward + ARGS.gamma * (~done) * next_value
             q_sa = torch.min(self.critic_1_target(state, action), self.critic_2_target(state, action)).squeeze(1)
             weight = lambda_tn * matd3bc.value_deviation(next_value, q_sa, reward, done, ARGS.gamma, ARGS.epsilon)
-        current_q1, current_q2 = self.critic_1(state, action).squeeze(1), self.critic_2(state, action).squeeze(1)
-        critic_loss = (weight * (current_q1 - target_q) ** 2).mean() + (weight * (current_q2 - target_q) ** 2).mean()
-        self.critic_1_optimizer.zero_grad()
-        self.critic_2_optimizer.zero_grad()
-        critic_loss.backward()
-        self.critic_1_optimizer.step()
-        self.critic_2_optimizer.step()
+        naive_twin_critic_update(self, state, action, target_q, weight)
         if self.total_it % ARGS.policy_freq == 0:
             pi = self.actor(state)
             q = self.critic_1(state, pi).squeeze(1)
@@ -241,13 +246,7 @@ class NaiveBCQAgent:
             target_q = reward + BCQ.gamma * (~done) * next_value
             q_sa = self.soft_clipped(state, action, targets)
             weight = lambda_tn * mabcq_continuous.value_deviation(next_value, q_sa, reward, done, BCQ.gamma, BCQ.epsilon)
-        current_q1, current_q2 = self.critic_1(state, action).squeeze(1), self.critic_2(state, action).squeeze(1)
-        critic_loss = (weight * (current_q1 - target_q) ** 2).mean() + (weight * (current_q2 - target_q) ** 2).mean()
-        self.critic_1_optimizer.zero_grad()
-        self.critic_2_optimizer.zero_grad()
-        critic_loss.backward()
-        self.critic_1_optimizer.step()
-        self.critic_2_optimizer.step()
+        naive_twin_critic_update(self, state, action, target_q, weight)
         with torch.no_grad():
             sampled = self.vae.decode(state)
         actor_loss = -(weight * self.critic_1(state, self.actor(state, sampled)).squeeze(1)).mean()
