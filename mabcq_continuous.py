@@ -137,6 +137,8 @@ class Args:
     """switch off the value deviation weight lambda_vd"""
     no_tn: bool = False
     """switch off the transition normalisation weight lambda_tn (G2 is then not fitted)"""
+    tn_max: float = 10.0
+    """lambda_tn is capped at this (>= 1): the paper finds [0.2, 1.4] for almost all samples, but the VAE ratio gives a few rare transitions 1e4 to 1e7 on SMAX"""
     ddpg: bool = False
     """Table 5's DDPG row: a deterministic tanh actor maximising Q, one critic, no generator, no bound, no weights"""
     behavior: bool = False
@@ -158,6 +160,8 @@ def check_args(args: Args) -> None:
     """Every flag's range, before anything is read or written (dataset options: envs.resolve)."""
     if not 0 <= args.epsilon <= 1:
         raise InputError(f"--epsilon must lie in [0, 1] (lambda_vd is clipped to [1 - eps, 1 + eps]), got {args.epsilon}")
+    if not args.tn_max >= 1:
+        raise InputError(f"--tn-max must be >= 1 (a cap of 1 leaves no lambda_tn above 1), got {args.tn_max}")
     if args.ddpg and args.behavior:
         raise InputError("--ddpg and --behavior are two rows of Table 5; pick one")
     if args.ddpg and args.train_generator:
@@ -352,6 +356,17 @@ def value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon):
 def transition_normalization(g1_mean, g2_mean):
     """lambda_tn = rho_N(0,I)(mu1) / rho_N(0,I)(mu2) = exp((|mu2|^2 - |mu1|^2) / 2), ~ 1 / P_B(s'|s, a_i)."""
     return torch.exp(((g2_mean**2).sum(-1) - (g1_mean**2).sum(-1)) / 2)
+
+
+def lambda_tn_summary(lambda_tn, sizes, agent_ids, tn_max) -> dict:
+    """Per agent, before the cap at --tn-max: mean, min, 1st/50th/99th percentile, max, and the fraction capped."""
+    out = {}
+    for e, i in enumerate(agent_ids):
+        lt = lambda_tn[e, : sizes[e]].float()
+        p1, p50, p99 = torch.quantile(lt, torch.tensor([0.01, 0.5, 0.99], device=lt.device)).tolist()
+        out[str(i)] = dict(mean=lt.mean().item(), min=lt.min().item(), p1=p1, median=p50, p99=p99, max=lt.max().item(),
+                           capped=(lt > tn_max).float().mean().item())
+    return out
 
 
 def soft_clipped(q, lmbda):
@@ -885,9 +900,11 @@ if __name__ == "__main__":
         if lambda_tn is None:
             lambda_tn = torch.ones(data["rewards"].shape, device=device)
         elif not args.no_tn:
-            for i, a in enumerate(agent_ids):
-                lt = lambda_tn[i, : data["size"][i]]
-                print(f"agent {a}: lambda_tn mean {lt.mean():.3f} min {lt.min():.3f} max {lt.max():.3f}")
+            if state is None:  # before the cap: what to set against the paper's [0.2, 1.4]
+                results["lambda_tn"] = lambda_tn_summary(lambda_tn, data["size"], agent_ids, args.tn_max)
+                for agent, stats in results["lambda_tn"].items():
+                    print(f"agent {agent}: lambda_tn " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()))
+            lambda_tn = lambda_tn.clamp(max=args.tn_max)
 
         nets = make_networks(args, obs_dim, act_dim, generators, device)  # Algorithm 1, line 3
         targets = {f"{k}_target": copy.deepcopy(m) for k, m in nets.items()}

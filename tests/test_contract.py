@@ -120,6 +120,34 @@ def test_results_schema(reference):
                 "lambda_vd_mean", "lambda_vd_min", "lambda_vd_max", "lambda_vd_clipped", "lambda_tn_mean", "td_loss", "q_values"):
         assert key in res["final"], key
     assert res["dataset"]["path"] and Path(res["dataset"]["path"]).is_dir()
+    for stats in res["lambda_tn"].values():  # per agent, before the cap
+        assert stats["min"] <= stats["p1"] <= stats["median"] <= stats["p99"] <= stats["max"] and 0 <= stats["capped"] <= 1
+    assert sorted(res["lambda_tn"]) == sorted(str(a) for a in res["agent_ids"])
+
+
+def test_lambda_tn_is_capped_at_tn_max(reference):
+    """--tn-max 1: every weight in training is at most 1, and results.json says what share was cut."""
+    script, cwd, _ = reference
+    run_script(script, cwd, *TINY[script], *SCHEDULE[:4], "--total-steps", "400", "--tn-max", "1", "--run-name", "capped")
+    res = json.loads((cwd / "runs" / "capped" / "results.json").read_text())
+    assert res["final"]["lambda_tn_max"] <= 1
+    for stats in res["lambda_tn"].values():
+        assert (stats["capped"] > 0) == (stats["max"] > 1) and (stats["capped"] < 1) == (stats["min"] <= 1)
+    message = one_line_error(run_script(script, cwd, *TINY[script], "--tn-max", "0.5", "--run-name", "low", check=False))
+    assert message.startswith("error: --tn-max must be >= 1") and not (cwd / "runs" / "low").exists()
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_lambda_tn_summary_by_hand(script):
+    """Agent 0 holds 5 transitions (the rest of its row is padding), agent 3 holds 2; cap 10."""
+    module = __import__(script[:-3])
+    lambda_tn = torch.tensor([[0.5, 1.0, 2.0, 4.0, 100.0, 7.0], [3.0, 30.0, 9.0, 9.0, 9.0, 9.0]])
+    out = module.lambda_tn_summary(lambda_tn, [5, 2], [0, 3], 10.0)
+    assert out.keys() == {"0", "3"}
+    assert out["0"]["mean"] == pytest.approx(107.5 / 5) and out["0"]["max"] == 100 and out["0"]["min"] == 0.5
+    assert out["0"]["median"] == 2.0 and out["0"]["capped"] == pytest.approx(0.2)
+    assert out["0"]["p99"] == pytest.approx(4.0 + 0.96 * 96.0)  # linear interpolation at 0.99 * (5 - 1) = 3.96
+    assert out["3"]["mean"] == 16.5 and out["3"]["capped"] == 0.5 and out["3"]["p1"] == pytest.approx(3.0 + 0.01 * 27.0)
 
 
 def test_a_fresh_run_into_a_used_folder_is_refused(reference):

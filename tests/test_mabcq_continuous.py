@@ -325,6 +325,26 @@ def test_a_team_assembles_from_separately_trained_agents(tiny, rows):
     assert "the checkpoints differ in one of ddpg" in message
 
 
+def test_normalize_obs_uses_each_agents_own_statistics_and_they_travel_with_its_checkpoint(tiny, rows):
+    """--normalize-obs (off by default: neither the paper nor BCQ normalises): agent i's mean and std are its own
+    data's, saved in agent_i.pt, and a team assembled from the checkpoints acts exactly as the run's last evaluation."""
+    run(tiny, "--normalize-obs", "--save-model", "--exp-name", "norm")
+    res, run_dir = conftest.find_run(tiny[0], "norm")
+    for i in range(3):
+        ckpt = torch.load(run_dir / f"agent_{i}.pt", weights_only=True)
+        obs = np.load(Path(res["dataset"]["path"]) / f"agent_{i}.npz")["obs"]
+        np.testing.assert_allclose(ckpt["obs_mean"].numpy().ravel(), obs.mean(0), rtol=1e-5)
+        np.testing.assert_allclose(ckpt["obs_std"].numpy().ravel(), obs.std(0) + 1e-3, rtol=1e-5)
+        plain = torch.load(rows["MABCQ"][1] / f"agent_{i}.pt", weights_only=True)  # the default: identity statistics
+        assert not plain["obs_mean"].any() and (plain["obs_std"] == 1).all()
+    ckpts = [str(run_dir / f"agent_{i}.pt") for i in range(3)]
+    step = res["final"]["step"]  # the run evaluated with seed + step
+    conftest.run_script("mabcq_continuous.py", tiny[0], "--env-id", "hopper-3x1", "--checkpoints", *ckpts, "--eval-episodes", "2",
+                        "--eval-episode-len", "20", "--seed", str(1 + step), "--exp-name", "normteam")
+    team, _ = conftest.find_run(tiny[0], "normteam-team")
+    assert team["final"]["team_return"] == res["final"]["team_return"]
+
+
 def test_a_run_killed_and_resumed_ends_bit_identical(tiny):
     """The run contract (docs/results.md): SIGKILL after a checkpoint, --resume, and the run ends as an uninterrupted one.
     The schedule crosses the 1000-step sampling chunk and has checkpoints between evaluations."""
