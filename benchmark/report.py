@@ -82,6 +82,25 @@ def curves(path: Path, title: str, series: dict[str, list[list[dict]]], metric: 
     plt.close(fig)
 
 
+def along_training(cells: dict, metric: str, last: int, rows: int = 8) -> list[str]:
+    """A markdown table of `metric` (mean ± std over seeds) at the first and about `rows` evenly spaced steps that
+    every run evaluated, the last included, one column per method, and the mean lambda_vd of the last batch for methods that log it."""
+    evaluations = {m: [[e for e in r["evaluations"] if e["step"] <= last] for r, _ in c] for m, c in cells.items() if c}
+    common = sorted(set.intersection(*[{e["step"] for e in evals if metric in e} for runs in evaluations.values() for evals in runs]))
+    if len(common) < 2:
+        return []
+    picked = sorted({common[0], *common[::-1][:: -(-len(common) // rows)]})  # the first, and evenly back from the last
+    weighted = [m for m, runs in evaluations.items() if all("lambda_vd_mean" in e for evals in runs for e in evals if e["step"] in picked)]
+    header = ["step", *evaluations, *(f"{m}: mean λ_vd" for m in weighted)]
+    lines = ["Along training (mean ± std over seeds at the steps every run evaluated):", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for step in picked:
+        at = {m: [next(e for e in evals if e["step"] == step) for evals in runs] for m, runs in evaluations.items()}
+        lines.append("| " + " | ".join([str(step), *(mean_std([e[metric] for e in at[m]]) for m in evaluations),
+                                        *(f"{np.mean([e['lambda_vd_mean'] for e in at[m]]):.3f}" for m in weighted)]) + " |")
+    return ["", *lines]
+
+
 def mean_std(values) -> str:
     values = [v for v in values if v is not None]
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else ""
@@ -158,7 +177,7 @@ def main(argv=None) -> int:
             image = out / "img" / f"{args.table}_{gname}.png"
             curves(image, f"{args.table}: {group.name}", {m: [[e for e in r["evaluations"] if e["step"] <= steps] for r, _ in c]
                                                           for m, c in cells.items() if c}, group.metric)
-            lines += ["", f"![{group.name}](../img/{image.name})"]
+            lines += ["", f"![{group.name}](../img/{image.name})", *along_training(cells, group.metric, steps)]
         lines.append("")
     if table.aggregate and per_method:
         lines += ["## All groups", "", "IQM over every group and seed, the bootstrap resampling seeds within each group "

@@ -35,7 +35,7 @@ class Table:
 
 SEEDS3 = {"reduced": [1, 2, 3], "paper": [1, 2, 3, 4, 5]}
 SEEDS5 = {"reduced": [1, 2, 3, 4, 5], "paper": [1, 2, 3, 4, 5]}
-ANALYSIS = ("value_difference", "extrapolation_error")  # Tables 6 and 7 of the paper
+ANALYSIS = ("value_difference", "extrapolation_error", "q_start", "mc_return")  # Tables 6 and 7 of the paper, and 7's two terms
 
 
 def _table2_4() -> Table:

@@ -193,6 +193,8 @@ def test_a_grid_retries_by_resuming_reports_failures_skips_complete_runs_and_rep
     assert "| bad | missing |" in text and "`fake/g__bad__s1` (failed: RuntimeError: told to fail)" in text
     assert "2 of 4 runs complete" in text and "CPU-hours" in text and "python -m benchmark.grid fake --runs-root" in text
     assert (tmp_path / "docs" / "img" / "fake_g.png").stat().st_size > 1000
+    assert "| step | ok |\n|---|---|\n| 100 | 16.00 ± 5.00 |\n| 200 | 17.00 ± 5.00 |" in text  # along training
+    assert "| 400 | 19.00 ± 5.00 |" in text
 
     assert grid.main([*flags, "--scale", "paper", "--only", "ok"]) == 0  # the paper scale trains the complete runs longer
     assert "2 runs: 0 complete (skipped), 0 running in another process (skipped), 2 to resume" in capsys.readouterr().out
