@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -272,3 +273,13 @@ def test_a_tiny_matd3bc_grid_survives_a_killed_run_and_reports(local_ray, tmp_pa
     text = (tmp_path / "docs" / "results" / "tiny.md").read_text()
     assert "| MATD3+BC | " in text and "| TD3+BC | " in text and "46.5 ± 0.9" in text and "2 of 2 runs complete" in text
     assert (tmp_path / "docs" / "img" / "tiny_dg.png").stat().st_size > 1000
+
+
+def test_a_run_gets_its_threads_and_the_heap_settings_and_the_users_environment_wins(tmp_path, monkeypatch):
+    show = "import os; print(*(os.environ.get(k) for k in ('OMP_NUM_THREADS', 'MALLOC_MMAP_THRESHOLD_', 'XLA_FLAGS')))"
+    assert grid.execute([sys.executable, "-c", show], str(tmp_path), str(tmp_path / "one.txt"), threads=1) == 0
+    assert (tmp_path / "one.txt").read_text().splitlines()[-1] == f"1 {2**32} {grid.XLA_ONE_THREAD}"
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "123")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert grid.execute([sys.executable, "-c", show], str(tmp_path), str(tmp_path / "two.txt"), threads=2) == 0
+    assert (tmp_path / "two.txt").read_text().splitlines()[-1] == "2 123 None"
