@@ -46,7 +46,7 @@ def test_table_sizes_are_the_briefs():
     size = lambda name, scale="reduced": len(grid.expand(name, specs.load(name), scale))  # noqa: E731
     assert size("table2-4") == 3 * 3 and size("table9") == 2 * 2 * 5 and size("fig1c") == 5 * 3
     assert size("table5") == (6 + 6 + 2 + 2) * 3 and size("table5", "paper") == 16 * 5
-    assert size("table8") == 4 * 4 * 4 * 3
+    assert size("table8") == 4 * 4 * 4 * 3 and size("table10") == 3 * 3 * 3 * 3 and size("fig1d") == 2 * 3
     assert {r.steps for r in grid.expand("table5", specs.load("table5"), "paper")} == {300_000}
     assert {r.steps for r in grid.expand("table9", specs.load("table9"), "reduced")} == {30_000, 100_000}
 
