@@ -113,6 +113,16 @@ def _table8() -> Table:
                       "here (1e5) is our choice.")
 
 
+def _table8_weights() -> Table:
+    """Which weight does what on SMAX: each of lambda_vd and lambda_tn alone, beside Table 8's runs of both and neither."""
+    methods = {"BCQ w/ lambda_vd": ("mabcq_discrete.py", ["--no-tn"]), "BCQ w/ lambda_tn": ("mabcq_discrete.py", ["--no-vd"]),
+               "CQL w/ lambda_vd": ("macql.py", ["--no-tn"]), "CQL w/ lambda_tn": ("macql.py", ["--no-vd"])}
+    return Table("Table 8's ablation: one weight at a time on SMAX (team return, a win returns 20)", [
+        Group(f"{quality}-3m", ["--env-id", "smax-3m", "--quality", quality, "--eval-freq", "5000"], methods,
+              {"reduced": 30_000, "paper": 100_000}, SEEDS3, extra_metrics=("win_rate",)) for quality in ("random", "medium")],
+        note="Not in the paper: run to see which weight moves Table 8's numbers (docs/macql.md).")
+
+
 def _table10() -> Table:
     joints = {"halfcheetah": 6, "hopper": 3, "walker2d": 6}
     paper = {  # Table 10: MATD3+BC, TD3+BC, TD3+BC (single)
@@ -145,7 +155,7 @@ def _fig1d() -> Table:
         note="The paper's Figure 1d plots 1e6 steps; the reduced scale stops at 1e5.")
 
 
-TABLES = {"table2-4": _table2_4, "table9": _table9, "fig1c": _fig1c, "table5": _table5, "table8": _table8,
+TABLES = {"table2-4": _table2_4, "table9": _table9, "fig1c": _fig1c, "table5": _table5, "table8": _table8, "table8-weights": _table8_weights,
           "table10": _table10, "fig1d": _fig1d}
 
 
