@@ -25,8 +25,10 @@ normalised scores compare only approximately); `medium-expert` is medium followe
 expert (as D4RL); there is no `medium-replay` (it needs the learner's replay buffer).
 """
 
+import contextlib
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -219,17 +221,59 @@ def build(robot: str, quality: str, n_steps: int = 1_000_000, seed: int = 0, beh
                 rewards=list(data["rewards"][start:end].astype(np.float64)), terminations=list(data["dones"][start:end]),
                 truncations=list(data["timeouts"][start:end]), infos={}))
     dataset_id = f"odmarl/{robot}/{quality}-v0"
+    with staged_store(dataset_id) as staging:  # Minari writes into a staging store; the whole dataset is then renamed in
+        with env_var("MINARI_DATASETS_PATH", str(staging)):
+            minari.create_dataset_from_buffers(
+                dataset_id, episodes, env=env.gym_id, algorithm_name=f"SAC actors of envs/behavior/weights ({'+'.join(levels)})",
+                author="offline-decentralized-marl", author_email="-", code_permalink="envs/minari_split.py",
+                description=__doc__.split("\n\n")[-1].strip(), data_format="hdf5",
+                ref_min_score=mamujoco.TASKS[env_id]["d4rl_random"], ref_max_score=mamujoco.TASKS[env_id]["d4rl_expert"],
+            )
+    return dataset_id
+
+
+@contextlib.contextmanager
+def env_var(name: str, value: str):
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+@contextlib.contextmanager
+def staged_store(dataset_id: str):
+    """A staging Minari store beside the real one (`<store>.staging-<pid>`); when the body has written `dataset_id`
+    there, its folder replaces the store's in one rename (and the staging's namespace files fill those the store
+    lacks). A build that fails or is killed leaves the store as it was; a dead build's staging is removed on the next."""
     import minari.storage
 
-    if dataset_id in minari.list_local_datasets():
-        minari.delete_dataset(dataset_id)
-    minari.create_dataset_from_buffers(
-        dataset_id, episodes, env=env.gym_id, algorithm_name=f"SAC actors of envs/behavior/weights ({'+'.join(levels)})",
-        author="offline-decentralized-marl", author_email="-", code_permalink="envs/minari_split.py",
-        description=__doc__.split("\n\n")[-1].strip(), data_format="hdf5",
-        ref_min_score=mamujoco.TASKS[env_id]["d4rl_random"], ref_max_score=mamujoco.TASKS[env_id]["d4rl_expert"],
-    )
-    return dataset_id
+    root = minari.storage.get_dataset_path().resolve()
+    for old in root.parent.glob(f"{root.name}.staging-*"):  # builds that died
+        pid = old.name.rsplit("-", 1)[-1]
+        if not (pid.isdigit() and Path(f"/proc/{pid}").exists()):
+            shutil.rmtree(old, ignore_errors=True)
+    staging = root.parent / f"{root.name}.staging-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        yield staging
+        for meta in staging.rglob("namespace_metadata.json"):
+            target = root / meta.relative_to(staging)
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(meta, target)
+        final = root / dataset_id
+        final.parent.mkdir(parents=True, exist_ok=True)
+        replaced = staging / "replaced"  # the dataset this build replaces, removed with the staging store
+        if final.exists():
+            os.replace(final, replaced)
+        os.replace(staging / dataset_id, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -68,3 +68,24 @@ def test_unknown_ids_and_partitions_are_refused_in_one_line(minari_env, tmp_path
     message = conftest.one_line_error(conftest.run_script("matd3bc.py", tmp_path, "--env-id", "minari:foo/bar-v0", check=False))
     assert "cannot tell the robot" in message
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_build_that_fails_leaves_the_store_as_it_was_and_a_rebuild_replaces_in_one_rename(tmp_path, monkeypatch):
+    import minari
+
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "store"))
+    minari_split.build("hopper", "random", n_steps=200, episode_len=100)
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+
+    def dies_half_way(dataset_id, *args, **kwargs):  # a partial dataset in the staging store, then the build dies
+        (minari.storage.get_dataset_path(dataset_id) / "data").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(minari, "create_dataset_from_buffers", dies_half_way)
+        with pytest.raises(KeyboardInterrupt):
+            minari_split.build("hopper", "random", n_steps=200, episode_len=100, seed=1)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # no staging left, nothing touched
+    minari_split.build("hopper", "random", n_steps=300, episode_len=100, seed=1)
+    assert minari_split.load_minari("odmarl/hopper/random-v0").total_steps == 300
+    assert minari.list_local_datasets().keys() == {"odmarl/hopper/random-v0"}
