@@ -6,6 +6,7 @@
 SMAX datasets: one row per map x quality (episodes, transitions, win rate, return mean +- std,
 averaged over the agents' files; build time of the whole folder). Multi-agent MuJoCo: one row
 per robot and agent with the mean episode return of each Appendix-B part (D4RL-normalised).
+Minari datasets built by envs/minari_split.py (the local store's odmarl/*): one row each.
 """
 
 import argparse
@@ -48,6 +49,27 @@ def mamujoco_rows(metas: list[dict]) -> list[str]:
     return rows
 
 
+def minari_rows() -> list[str]:
+    """The odmarl/* datasets of the local Minari store (envs/minari_split.py): episodes, steps, terminations, return."""
+    try:
+        import minari
+    except ImportError:
+        return []
+    from envs import minari_split
+
+    rows = ["| Minari id | episodes | steps | terminated episodes | return (mean ± std) | D4RL-normalised |", "|---|---|---|---|---|---|"]
+    for dataset_id in sorted(d for d in minari.list_local_datasets() if d.startswith("odmarl/")):
+        data = minari.load_dataset(dataset_id)
+        returns, terminated = [], 0
+        for episode in data.iterate_episodes():
+            returns.append(float(np.sum(episode.rewards)))
+            terminated += bool(episode.terminations[-1])
+        env_id = minari_split.ROBOTS[minari_split.robot_of(dataset_id)]
+        rows.append(f"| {dataset_id} | {len(returns)} | {data.total_steps:,} | {terminated} | {np.mean(returns):.0f} ± {np.std(returns):.0f} "
+                    f"| {mamujoco.normalized_score(env_id, np.mean(returns)):.1f} |")
+    return rows if len(rows) > 2 else []
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset-dir", default=dataset.default_dataset_dir())
@@ -79,7 +101,11 @@ def main() -> None:
     if mujoco_metas:
         print("(mean return per episode, D4RL-normalised in brackets)")
         print("\n".join(mamujoco_rows(mujoco_metas)))
-    if not smax_metas and not mujoco_metas:
+    minari_table = minari_rows()
+    if minari_table:
+        print("\n(the local Minari store, odmarl/*)")
+        print("\n".join(minari_table))
+    if not smax_metas and not mujoco_metas and not minari_table:
         print(f"no dataset with a summary under {args.dataset_dir}")
 
 

@@ -418,7 +418,8 @@ def test_benchmark_tables_run_as_scripts(script, tmp_path):
 def test_datasets_table_on_an_empty_or_odd_dataset_dir(tmp_path):
     def table(folder):
         return subprocess.run([sys.executable, str(ROOT / "benchmark" / "datasets_table.py"), "--dataset-dir", str(folder)],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "no-minari-store")})
 
     (tmp_path / "empty").mkdir()
     proc = table(tmp_path / "empty")

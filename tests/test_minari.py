@@ -89,3 +89,16 @@ def test_a_build_that_fails_leaves_the_store_as_it_was_and_a_rebuild_replaces_in
     minari_split.build("hopper", "random", n_steps=300, episode_len=100, seed=1)
     assert minari_split.load_minari("odmarl/hopper/random-v0").total_steps == 300
     assert minari.list_local_datasets().keys() == {"odmarl/hopper/random-v0"}
+
+
+def test_datasets_table_lists_the_minari_stores_odmarl_datasets(minari_env):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(conftest.ROOT) / "benchmark"))
+    import datasets_table
+
+    rows = datasets_table.minari_rows()
+    assert len(rows) == 4 and rows[2].startswith("| odmarl/ant/random-v0 |") and rows[3].startswith("| odmarl/hopper/medium-expert-v0 |")
+    cells = rows[3].strip("|").split("|")
+    assert int(cells[2].replace(",", "")) == 600 and int(cells[1]) >= 6  # medium then expert, 100-step episodes at most
