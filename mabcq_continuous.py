@@ -24,6 +24,7 @@ plumbing -> the run contract (docs/results.md, the same in every script) -> main
 import atexit
 import contextlib
 import copy
+import ctypes
 import json
 import os
 import platform
@@ -532,6 +533,19 @@ def value_difference(act, critic, agent_obs, lmbda):
 RNG_CHUNK = 1000
 
 
+def keep_freed_memory() -> None:
+    """glibc (Linux): keep freed memory in the heap instead of handing it back to the kernel, so the ~10 MB activations
+    of the target pass (10 x 1024 sampled next actions per agent) are not page-faulted in afresh at every step:
+    19.7 instead of 26.4 ms of CPU per team update here (docs/mabcq_continuous.md). Speed only: the same numbers."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc
+        return
+    libc.mallopt(-3, 32 * 2**20)  # M_MMAP_THRESHOLD: blocks up to 32 MB come from the heap, not from mmap
+    libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: do not return the heap's top to the kernel below 1 GB
+    libc.mallopt(-2, 256 * 2**20)  # M_TOP_PAD: grow the heap in 256 MB steps
+
+
 def sample_indices(sizes, shape, generators):  # [n_agents, *shape], agent i's from [0, sizes[i])
     return torch.stack([torch.randint(int(s), shape, generator=g, device=g.device) for s, g in zip(sizes, generators)])
 
@@ -875,6 +889,7 @@ if __name__ == "__main__":
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_flush_denormal(True)  # Adam's second moments decay into denormals, which are ~10x slower on CPU
+    keep_freed_memory()
 
     with recorded(run_dir, results):
         generators = agent_generators(args.seed, agent_ids, device)
