@@ -114,9 +114,11 @@ def _table8() -> Table:
 
 
 def _table8_weights() -> Table:
-    """Which weight does what on SMAX: each of lambda_vd and lambda_tn alone, beside Table 8's runs of both and neither."""
+    """Which weight does what on SMAX: each of lambda_vd and lambda_tn alone, and MACQL's weights on the TD term only,
+    beside Table 8's runs of both and neither."""
     methods = {"BCQ w/ lambda_vd": ("mabcq_discrete.py", ["--no-tn"]), "BCQ w/ lambda_tn": ("mabcq_discrete.py", ["--no-vd"]),
-               "CQL w/ lambda_vd": ("macql.py", ["--no-tn"]), "CQL w/ lambda_tn": ("macql.py", ["--no-vd"])}
+               "CQL w/ lambda_vd": ("macql.py", ["--no-tn"]), "CQL w/ lambda_tn": ("macql.py", ["--no-vd"]),
+               "MACQL, weights on the TD term only": ("macql.py", ["--no-weight-cql-term"])}
     return Table("Table 8's ablation: one weight at a time on SMAX (team return, a win returns 20)", [
         Group(f"{quality}-3m", ["--env-id", "smax-3m", "--quality", quality, "--eval-freq", "5000"], methods,
               {"reduced": 30_000, "paper": 100_000}, SEEDS3, extra_metrics=("win_rate",)) for quality in ("random", "medium")],
