@@ -25,7 +25,9 @@ def script_flags(script: str) -> set[str]:
     """The flags of an algorithm script: its `Args` dataclass fields (read, not imported: no torch, no jax)."""
     tree = ast.parse((ROOT / script).read_text())
     (args,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Args"]
-    return {"--" + f.target.id.replace("_", "-") for f in args.body if isinstance(f, ast.AnnAssign)}
+    fields = [f for f in args.body if isinstance(f, ast.AnnAssign)]
+    flags = {"--" + f.target.id.replace("_", "-") for f in fields}
+    return flags | {"--no-" + f.target.id.replace("_", "-") for f in fields if ast.unparse(f.annotation) == "bool"}  # tyro's
 
 
 @pytest.mark.parametrize("name", list(specs.TABLES))
