@@ -5,6 +5,7 @@
     python benchmark/throughput.py --algo bcq --agents 2 3   # MABCQ (mabcq_continuous.py): (64, 64), batch 1024, HalfCheetah's sizes
     python benchmark/throughput.py --algo cql --agents 3     # MACQL (macql.py): (256, 256), batch 100, smax-3m's sizes
     python benchmark/throughput.py --algo cql --agents 8 --obs-dim 205 --act-dim 13   # smax-8m's sizes
+    python benchmark/throughput.py --table11        # the paper's Table 11: MABCQ, BCQ, MATD3+BC, TD3+BC on HalfCheetah 2x3
 
 Both paths run in this one process with the same torch settings and the same math. A team
 update is one gradient step of every agent. The naive loop is written the way CORL's
@@ -259,7 +260,7 @@ class NaiveBCQAgent:
 
 
 # ---- MABCQ, batched: mabcq_continuous.py's ensemble and losses, as its training loop calls them ----
-def batched_bcq_updates_per_second(n_agents, hidden, batch_size, seconds):
+def batched_bcq_updates_per_second(n_agents, hidden, batch_size, seconds, use_vd=True):
     M = mabcq_continuous
     gens = M.agent_generators(0, list(range(n_agents)), "cpu")
     data = {k: torch.stack([random_dataset(i)[k] for i in range(n_agents)]) for k in random_dataset(0)}
@@ -280,7 +281,7 @@ def batched_bcq_updates_per_second(n_agents, hidden, batch_size, seconds):
         noise = M.randn(gens, batch_size * (BCQ.n_samples + 1), BCQ.latent, device="cpu")
         target_noise, xi_noise = noise.split([batch_size * BCQ.n_samples, batch_size], 1)
         critic_loss, _, weight, _ = M.bcq_critic_loss(critic, critic_target, xi_target, g1, batch, target_noise, BCQ.gamma,
-                                                      BCQ.lmbda, BCQ.epsilon, True)
+                                                      BCQ.lmbda, BCQ.epsilon, use_vd)
         critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.sum().backward()
         critic_optimizer.step()
@@ -365,6 +366,35 @@ MEASURE = {"td3bc": (batched_updates_per_second, naive_updates_per_second),
                    lambda *a: naive_updates_per_second(*a, agent_class=NaiveCQLAgent, dataset=random_discrete_dataset))}
 
 
+def table11(seconds, repeats):
+    """Table 11 of the paper: ms per update on HalfCheetah 2x3 (2 agents, obs 17, act 3 each) of each method and its
+    unweighted baseline, the scripts' own batched updates at their MuJoCo settings: BCQ (64, 64), batch 1024;
+    TD3+BC (256, 256), batch 256. The weighted update adds lambda_vd's forward pass of the target critics; lambda_tn
+    is computed once per transition before training, so within an update it is one multiplication in both."""
+    global OBS_DIM, ACT_DIM
+    OBS_DIM, ACT_DIM = 17, 3
+    settings = {"MABCQ": lambda: batched_bcq_updates_per_second(2, 64, 1024, seconds, use_vd=True),
+                "BCQ": lambda: batched_bcq_updates_per_second(2, 64, 1024, seconds, use_vd=False),
+                "MATD3+BC": lambda: with_args(no_vd=False, measure=lambda: batched_updates_per_second(2, 256, 256, seconds)),
+                "TD3+BC": lambda: with_args(no_vd=True, measure=lambda: batched_updates_per_second(2, 256, 256, seconds))}
+    best = {name: 0.0 for name in settings}
+    for _ in range(repeats):  # alternating, so a change in the machine's load hits every method alike
+        for name, measure in settings.items():
+            best[name] = max(best[name], measure())
+    paper = {"MABCQ": 18, "BCQ": 10, "MATD3+BC": 4, "TD3+BC": 3}
+    print("| | " + " | ".join(settings) + " |\n|---|" + "---|" * len(settings))
+    print("| ms per team update (2 agents), here | " + " | ".join(f"{1000 / best[n]:.1f}" for n in settings) + " |")
+    print("| ms per update, paper (i7-8700 + GTX 1080 Ti) | " + " | ".join(str(paper[n]) for n in settings) + " |")
+
+
+def with_args(no_vd, measure):
+    ARGS.no_vd = no_vd
+    try:
+        return measure()
+    finally:
+        ARGS.no_vd = False
+
+
 def timed(step, seconds):
     for _ in range(50):  # warm-up
         step()
@@ -388,11 +418,18 @@ if __name__ == "__main__":
     parser.add_argument("--repeats", type=int, default=3, help="alternating measurements; the best of each is reported")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: elapsed time; cpu: this process's CPU time, robust on a shared machine (with one thread)")
+    parser.add_argument("--table11", action="store_true", help="the paper's Table 11 instead: ms per update of MABCQ, BCQ, "
+                        "MATD3+BC and TD3+BC on HalfCheetah 2x3, the scripts' batched updates (--seconds, --repeats, --clock apply)")
     args = parser.parse_args()
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     np.random.seed(0)
     torch.set_flush_denormal(True)  # as the scripts do; applies to both paths
+    mabcq_continuous.keep_freed_memory()  # as mabcq_continuous.py does at start; applies to every path
+    if args.table11:
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
+        table11(args.seconds, args.repeats)
+        sys.exit(0)
     for algo in args.algo:
         setting = {k: DEFAULTS[algo][k] if getattr(args, k) is None else getattr(args, k) for k in DEFAULTS[algo]}
         OBS_DIM, ACT_DIM = setting["obs_dim"], setting["act_dim"]

@@ -39,3 +39,13 @@ def test_throughput_benchmarks_of_bcq_and_cql_print_their_lines():
         assert proc.returncode == 0, proc.stderr
         lines = [line for line in proc.stdout.splitlines() if "ratio=" in line]
         assert len(lines) == 1 and "batched=" in lines[0], proc.stdout
+
+
+def test_table11_prints_the_four_methods_next_to_the_papers_numbers():
+    proc = subprocess.run([sys.executable, "benchmark/throughput.py", "--table11", "--seconds", "0.05", "--repeats", "1"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ms per")]
+    assert len(rows) == 2 and rows[1].endswith("| 18 | 10 | 4 | 3 |"), proc.stdout
+    here = [float(x) for x in rows[0].strip("|").split("|")[1:]]
+    assert len(here) == 4 and all(ms > 0 for ms in here), proc.stdout
