@@ -159,7 +159,7 @@ def naive_updates_per_second(n_agents, hidden, batch_size, seconds, agent_class=
 
 
 # ---- batched: matd3bc.py's ensemble and losses ----
-def batched_updates_per_second(n_agents, hidden, batch_size, seconds):
+def batched_updates_per_second(n_agents, hidden, batch_size, seconds, args=ARGS):
     gens = matd3bc.agent_generators(0, list(range(n_agents)), "cpu")
     data = {k: torch.stack([random_dataset(i)[k] for i in range(n_agents)]) for k in random_dataset(0)}
     sizes = [DATA_SIZE] * n_agents
@@ -177,17 +177,17 @@ def batched_updates_per_second(n_agents, hidden, batch_size, seconds):
         state["step"] += 1
         idx = state["idx"][:, k]
         batch = {key: matd3bc.gather(value, idx) for key, value in data.items()}
-        critic_loss, _, weight, _ = matd3bc.td3bc_critic_loss(critic, critic_target, actor_target, batch, state["noise"][:, k], ARGS)
+        critic_loss, _, weight, _ = matd3bc.td3bc_critic_loss(critic, critic_target, actor_target, batch, state["noise"][:, k], args)
         critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.sum().backward()
         critic_optimizer.step()
-        if state["step"] % ARGS.policy_freq == 0:
-            actor_loss = matd3bc.td3bc_actor_loss(actor, critic, batch, weight, ARGS)
+        if state["step"] % args.policy_freq == 0:
+            actor_loss = matd3bc.td3bc_actor_loss(actor, critic, batch, weight, args)
             actor_optimizer.zero_grad(set_to_none=True)
             actor_loss.sum().backward()
             actor_optimizer.step()
-            matd3bc.soft_update(critic_target, critic, ARGS.tau)
-            matd3bc.soft_update(actor_target, actor, ARGS.tau)
+            matd3bc.soft_update(critic_target, critic, args.tau)
+            matd3bc.soft_update(actor_target, actor, args.tau)
 
     return timed(step, seconds)
 
@@ -375,8 +375,8 @@ def table11(seconds, repeats):
     OBS_DIM, ACT_DIM = 17, 3
     settings = {"MABCQ": lambda: batched_bcq_updates_per_second(2, 64, 1024, seconds, use_vd=True),
                 "BCQ": lambda: batched_bcq_updates_per_second(2, 64, 1024, seconds, use_vd=False),
-                "MATD3+BC": lambda: with_args(no_vd=False, measure=lambda: batched_updates_per_second(2, 256, 256, seconds)),
-                "TD3+BC": lambda: with_args(no_vd=True, measure=lambda: batched_updates_per_second(2, 256, 256, seconds))}
+                "MATD3+BC": lambda: batched_updates_per_second(2, 256, 256, seconds),
+                "TD3+BC": lambda: batched_updates_per_second(2, 256, 256, seconds, SimpleNamespace(**{**vars(ARGS), "no_vd": True}))}
     best = {name: 0.0 for name in settings}
     for _ in range(repeats):  # alternating, so a change in the machine's load hits every method alike
         for name, measure in settings.items():
@@ -385,14 +385,6 @@ def table11(seconds, repeats):
     print("| | " + " | ".join(settings) + " |\n|---|" + "---|" * len(settings))
     print("| ms per team update (2 agents), here | " + " | ".join(f"{1000 / best[n]:.1f}" for n in settings) + " |")
     print("| ms per update, paper (i7-8700 + GTX 1080 Ti) | " + " | ".join(str(paper[n]) for n in settings) + " |")
-
-
-def with_args(no_vd, measure):
-    ARGS.no_vd = no_vd
-    try:
-        return measure()
-    finally:
-        ARGS.no_vd = False
 
 
 def timed(step, seconds):
