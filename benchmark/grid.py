@@ -15,6 +15,11 @@ is retried --retries times (resumed) and then reported; the grid exits non-zero 
 run has failed. A task runs its script as a subprocess in the repository, stdout and stderr
 to the run's log.txt; on a cluster the repository, datasets and runs root must sit at the
 same path on every node (a shared file system), see docs/scaling.md.
+
+A complete run's results.json is also copied into the archive, `benchmark/results/runs/<table>/<run>.json`
+(with the default runs root; `--archive DIR` elsewhere, `--archive none` for none), which is committed: the
+project's own runs outlive the machine that made them, a grid skips a run that the archive holds complete
+with the steps asked, and `benchmark.report` reads the archive where the runs root has no such run.
 """
 
 import argparse
@@ -35,6 +40,7 @@ from benchmark import specs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUNS_ROOT = ROOT / "runs" / "grid"
+DEFAULT_ARCHIVE = ROOT / "benchmark" / "results" / "runs"
 
 
 @dataclass
@@ -52,11 +58,12 @@ def slug(text: str) -> str:
 
 
 def expand(table_name: str, table: specs.Table, scale: str, seeds: list[int] | None = None, only: str | None = None) -> list[Run]:
-    """Every run of the table at this scale, group by group, method by method, seed by seed."""
+    """Every run of the table at this scale, group by group, seed by seed, method by method: a grid stopped
+    part-way leaves every method of a group with the same seeds."""
     runs = []
     for group in table.groups:
-        for method, (script, flags) in group.methods.items():
-            for seed in seeds or group.seeds[scale]:
+        for seed in seeds or group.seeds[scale]:
+            for method, (script, flags) in group.methods.items():
                 name = f"{table_name}/{slug(group.name)}__{slug(method)}__s{seed}"
                 if only and only not in name:
                     continue
@@ -88,6 +95,46 @@ def state(run_dir: Path, steps: int) -> str:
         except (ProcessLookupError, PermissionError, KeyError, ValueError, TypeError):
             pass
     return "resumable"
+
+
+def archive_path(archive: Path | None, run: Run) -> Path | None:
+    return archive / f"{run.name}.json" if archive else None
+
+
+def archived(archive: Path | None, run: Run) -> dict | None:
+    """The archive's results.json of the run, if it is complete with at least the run's steps."""
+    path = archive_path(archive, run)
+    try:
+        results = json.loads(path.read_text()) if path else None
+    except (OSError, ValueError):
+        return None
+    if results and results.get("status") == "complete" and results.get("args", {}).get("total_steps", 0) >= run.steps:
+        return results
+    return None
+
+
+def archive_run(archive: Path | None, run: Run, runs_root: Path) -> bool:
+    """Copy a complete run's results.json into the archive (unless the archive's copy trained as long), atomically."""
+    results, path = read_results(runs_root / run.name), archive_path(archive, run)
+    if path is None or not results or results.get("status") != "complete":
+        return False
+    try:
+        kept = json.loads(path.read_text())
+        if kept.get("status") == "complete" and kept["args"]["total_steps"] >= results["args"]["total_steps"]:
+            return False
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, path)
+    return True
+
+
+def grid_state(run: Run, runs_root: Path, archive: Path | None) -> str:
+    """state() of the run's folder, or `archived` for a run this runs root lacks and the archive holds complete."""
+    current = state(runs_root / run.name, run.steps)
+    return "archived" if current == "new" and archived(archive, run) else current
 
 
 def script_run_name(run_dir: Path) -> str:
@@ -160,15 +207,22 @@ def progress(start: float, counts: dict, durations: list[float], slots: int) -> 
     return line
 
 
-def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, dataset_dir: str | None) -> tuple[int, list[str]]:
+def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, dataset_dir: str | None,
+             archive: Path | None = None) -> tuple[int, list[str]]:
     """Every run not complete as a Ray task (Ray already initialised); returns (finished here, failed names)."""
     import ray
 
     task = ray.remote(num_cpus=threads, max_retries=0)(execute)  # a retry is a resume, decided here
-    states = {run.name: state(runs_root / run.name, run.steps) for run in runs}
+    states = {run.name: grid_state(run, runs_root, archive) for run in runs}
+    stored = sum(archive_run(archive, run, runs_root) for run in runs if states[run.name] == "complete")  # finished before
+    if stored:
+        print(f"archived {stored} complete runs into {archive}", flush=True)
     todo = [run for run in runs if states[run.name] in ("new", "resumable")]
     busy = [run.name for run in runs if states[run.name] == "running"]
     counts = dict(done=0, running=0, queued=0, failed=0, skipped=len(runs) - len(todo) - len(busy))
+    from_archive = sum(s == "archived" for s in states.values())
+    if from_archive:
+        print(f"{from_archive} runs complete in the archive {archive} (not in the runs root): skipped", flush=True)
     print(f"{len(runs)} runs: {counts['skipped']} complete (skipped), {len(busy)} running in another process (skipped), "
           f"{sum(states[r.name] == 'resumable' for r in todo)} to resume, {sum(states[r.name] == 'new' for r in todo)} to start",
           flush=True)
@@ -203,6 +257,7 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
                     code = f"{type(e).__name__}"
                 if code == 0 and state(runs_root / run.name, run.steps) == "complete":
                     counts["done"] += 1
+                    archive_run(archive, run, runs_root)
                     durations.append(time.time() - began)
                 elif attempts[run.name] <= retries:
                     print(f"run {run.name} failed (exit {code}); retry {attempts[run.name]} of {retries}, resuming", flush=True)
@@ -247,6 +302,14 @@ def terminate_local(run_dir: Path) -> None:
 STOP = threading.Event()
 
 
+def archive_root(given: str | None, runs_root: Path) -> Path | None:
+    """--archive: a folder, `none`, or by default the committed archive for the default runs root (a test's or a
+    user's own runs root gets none unless asked)."""
+    if given is None:
+        return DEFAULT_ARCHIVE if runs_root == DEFAULT_RUNS_ROOT else None
+    return None if given == "none" else Path(given).resolve()
+
+
 def stop(signum, frame):
     """Ctrl-C or SIGTERM: stop the grid. Also remembered, in case a Ray call swallows the KeyboardInterrupt."""
     STOP.set()
@@ -261,6 +324,8 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="only the runs whose name (<table>/<group>__<method>__s<seed>) contains this")
     parser.add_argument("--dry-run", action="store_true", help="print each run's state and command, and exit")
     parser.add_argument("--runs-root", default=str(DEFAULT_RUNS_ROOT), help="where the runs live (default: runs/grid of the repository)")
+    parser.add_argument("--archive", help="where complete runs' results.json are copied and looked up (default: "
+                        "benchmark/results/runs with the default runs root, else none; `none`: none)")
     parser.add_argument("--address", help="a Ray cluster (`auto` on one of its nodes, or host:port); default: a new Ray instance here")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: this machine's cores)")
     parser.add_argument("--threads-per-run", type=int, default=1, help="CPUs a run asks Ray for, and its --threads (default 1)")
@@ -272,13 +337,14 @@ def main(argv=None) -> int:
         parser.error("--threads-per-run must be >= 1 and --retries >= 0")
     table = specs.load(args.table, args.spec_file)
     runs_root = Path(args.runs_root).resolve()
+    archive = archive_root(args.archive, runs_root)
     runs = expand(args.table, table, args.scale, args.seeds, args.only)
     if not runs:
         parser.error(f"no run of {args.table} matches --only {args.only!r}")
     if args.dry_run:
         for run in runs:
             run_dir = runs_root / run.name
-            print(f"[{state(run_dir, run.steps)}] {shown(command(run, run_dir, args.threads_per_run, args.dataset_dir))}")
+            print(f"[{grid_state(run, runs_root, archive)}] {shown(command(run, run_dir, args.threads_per_run, args.dataset_dir))}")
         return 0
 
     import ray
@@ -292,7 +358,7 @@ def main(argv=None) -> int:
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # `kill` stops the runs as Ctrl-C does
     start = time.time()
     try:
-        done, failed = run_grid(runs, runs_root, args.threads_per_run, args.retries, args.dataset_dir)
+        done, failed = run_grid(runs, runs_root, args.threads_per_run, args.retries, args.dataset_dir, archive)
     except KeyboardInterrupt:
         return 130
     finally:

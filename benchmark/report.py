@@ -4,7 +4,8 @@
     python -m benchmark.report table5 --scale paper           # the runs of `benchmark.grid table5 --scale paper`
     python -m benchmark.report table9 --out /tmp/r            # elsewhere
 
-Reads only `<runs root>/<table>/*/results.json` (docs/results.md). Only complete runs count,
+Reads only `<runs root>/<table>/*/results.json` (docs/results.md), and for a run not complete there the
+committed archive's copy (`benchmark/results/runs/<table>/<run>.json`, benchmark/grid.py). Only complete runs count,
 and from each the evaluation at the scale's step (the last one, or an earlier one of a run
 trained longer); the others are listed as missing, with why. Per cell: mean ± std over seeds
 of that evaluation's metric, n, and the interquartile mean with a 95% stratified bootstrap
@@ -27,11 +28,14 @@ from benchmark import grid, specs
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def collect(runs_root: Path, runs: list[grid.Run]) -> tuple[dict, list[str]]:
-    """{run name: (results, its evaluation at the run's steps)} of complete runs, and the others, each with why."""
+def collect(runs_root: Path, runs: list[grid.Run], archive: Path | None = None) -> tuple[dict, list[str]]:
+    """{run name: (results, its evaluation at the run's steps)} of complete runs, and the others, each with why.
+    A run the runs root does not hold complete with the steps asked is taken from the archive if it holds it so."""
     found, missing = {}, []
     for run in runs:
         results = grid.read_results(runs_root / run.name)
+        if grid.state(runs_root / run.name, run.steps) != "complete":
+            results = grid.archived(archive, run) or results
         entry = next((e for e in (results or {}).get("evaluations", []) if e.get("step") == run.steps), None)
         if results is None:
             missing.append(f"`{run.name}` (not run)")
@@ -117,6 +121,8 @@ def grid_command(args) -> str:
         words += ["--runs-root", args.runs_root]
     if args.spec_file:
         words += ["--spec-file", args.spec_file]
+    if args.archive:
+        words += ["--archive", args.archive]
     return shlex.join(words)
 
 
@@ -140,13 +146,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", help="as given to benchmark.grid")
     parser.add_argument("--runs-root", default=str(grid.DEFAULT_RUNS_ROOT), help="as given to benchmark.grid (default: runs/grid)")
     parser.add_argument("--spec-file", help="the table as JSON, as given to benchmark.grid")
+    parser.add_argument("--archive", help="as given to benchmark.grid (default: benchmark/results/runs with the default runs root)")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="results/<table>.md and img/<table>_*.png go here (default: docs/)")
     parser.add_argument("--reps", type=int, default=2000, help="bootstrap resamples of the IQM intervals (default 2000)")
     args = parser.parse_args(argv)
     table = specs.load(args.table, args.spec_file)
     runs_root, out = Path(args.runs_root).resolve(), Path(args.out)
     runs = grid.expand(args.table, table, args.scale, args.seeds)
-    found, missing = collect(runs_root, runs)
+    found, missing = collect(runs_root, runs, grid.archive_root(args.archive, runs_root))
     lines = [f"# {table.title}", "", f"Made by `{grid_command(args)}` and `python -m benchmark.report {args.table}"
              f"{' --scale paper' if args.scale == 'paper' else ''}` on {time.strftime('%Y-%m-%d')}. "
              f"{len(found)} of {len(runs)} runs complete. " + (machine(found) if found else ""), ""]

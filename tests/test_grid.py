@@ -207,6 +207,37 @@ def test_a_grid_retries_by_resuming_reports_failures_skips_complete_runs_and_rep
     assert "| ok | 19.00 ± 5.00 (2) |" in (tmp_path / "docs" / "results" / "fake.md").read_text()
 
 
+def test_the_archive_keeps_complete_runs_for_a_machine_without_the_runs_root(local_ray, tmp_path, capsys):
+    flags = fake_grid(tmp_path, {"ok": []}, seeds=(1, 2))
+    archive = tmp_path / "archive"
+    assert grid.main([*flags, "--archive", str(archive)]) == 0
+    for seed in (1, 2):  # the whole results.json, as the run wrote it
+        kept = json.loads((archive / "fake" / f"g__ok__s{seed}.json").read_text())
+        assert kept == json.loads((tmp_path / "runs" / "fake" / f"g__ok__s{seed}" / "results.json").read_text())
+    assert not list(archive.rglob("*.tmp"))
+
+    os.rename(tmp_path / "runs", tmp_path / "lost")  # a new machine: the checkout, not the runs
+    capsys.readouterr()
+    assert grid.main([*flags, "--archive", str(archive), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count("[archived]") == 2
+    assert grid.main([*flags, "--archive", str(archive)]) == 0
+    out = capsys.readouterr().out
+    assert "2 runs complete in the archive" in out and "2 runs: 2 complete (skipped)" in out
+    assert not (tmp_path / "runs" / "fake").exists()  # nothing ran
+    assert report.main([*flags, "--archive", str(archive), "--out", str(tmp_path / "docs"), "--reps", "200"]) == 0
+    assert "| ok | 19.00 ± 5.00 (2) |" in (tmp_path / "docs" / "results" / "fake.md").read_text()
+    assert report.main([*flags, "--archive", "none", "--out", str(tmp_path / "docs"), "--reps", "200"]) == 0
+    assert "| ok | missing |" in (tmp_path / "docs" / "results" / "fake.md").read_text()
+
+    # the paper scale asks for more steps than the archive's runs have: they run again (no checkpoint to resume)
+    assert grid.main([*flags, "--archive", str(archive), "--scale", "paper", "--only", "s1"]) == 0
+    assert "1 runs: 0 complete (skipped), 0 running in another process (skipped), 0 to resume, 1 to start" in capsys.readouterr().out
+    assert json.loads((archive / "fake" / "g__ok__s1.json").read_text())["final"]["step"] == 600  # the longer run replaces it
+    assert json.loads((archive / "fake" / "g__ok__s2.json").read_text())["final"]["step"] == 400
+    assert grid.archive_root(None, grid.DEFAULT_RUNS_ROOT) == grid.DEFAULT_ARCHIVE  # the project's own runs are archived
+    assert grid.archive_root(None, tmp_path / "runs") is None and grid.archive_root("none", grid.DEFAULT_RUNS_ROOT) is None
+
+
 def test_a_grid_stopped_by_ctrl_c_stops_its_runs_and_a_rerun_resumes_them(local_ray, tmp_path, capsys):
     flags = fake_grid(tmp_path, {"a": ["--step-seconds", "0.5"], "b": ["--step-seconds", "0.5"]}, steps=2000)
     runs = [tmp_path / "runs" / "fake" / f"g__{m}__s1" for m in ("a", "b")]
