@@ -110,8 +110,8 @@ class Args:
     """the learning rate of the critics (ECAI Table 12 and BCQ's code)"""
     xi_learning_rate: float = 1e-4
     """the learning rate of xi, and of the DDPG row's actor (ECAI Table 12; BCQ's code: 1e-3)"""
-    g_learning_rate: float = 1e-4
-    """the learning rate of G1 and G2 (ECAI Table 12; BCQ's code: 1e-3, Adam's default)"""
+    g_learning_rate: float = 1e-3
+    """the learning rate of G1 and G2 (BCQ's code; ECAI Table 12 says 1e-4, which leaves G1 unfit after 10k steps: docs)"""
     gamma: float = 0.99
     """the discount factor gamma"""
     tau: float = 0.005
