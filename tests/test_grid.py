@@ -9,6 +9,7 @@ import functools
 import json
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -236,6 +237,14 @@ def test_the_archive_keeps_complete_runs_for_a_machine_without_the_runs_root(loc
     assert json.loads((archive / "fake" / "g__ok__s2.json").read_text())["final"]["step"] == 400
     assert grid.archive_root(None, grid.DEFAULT_RUNS_ROOT) == grid.DEFAULT_ARCHIVE  # the project's own runs are archived
     assert grid.archive_root(None, tmp_path / "runs") is None and grid.archive_root("none", grid.DEFAULT_RUNS_ROOT) is None
+
+
+def test_the_archive_is_tracked_by_git_and_the_runs_root_is_not():
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = lambda path: subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT).returncode == 0  # noqa: E731
+    assert ignored("runs/grid/table5/x/results.json") and ignored("datasets/dg-x/agent_0.npz")
+    assert not ignored(str(grid.DEFAULT_ARCHIVE.relative_to(ROOT) / "table5" / "x.json"))
 
 
 def test_a_grid_stopped_by_ctrl_c_stops_its_runs_and_a_rerun_resumes_them(local_ray, tmp_path, capsys):
