@@ -105,6 +105,16 @@ def along_training(cells: dict, metric: str, last: int, rows: int = 8) -> list[s
     return ["", *lines]
 
 
+# Table 6 of the paper is the value difference among agents averaged "during training", not at the end
+ALONG_TRAINING = ("value_difference",)
+
+
+def training_mean(results: dict, metric: str, last: int) -> float | None:
+    """A run's mean of `metric` over its evaluations up to step `last`."""
+    values = [e[metric] for e in results.get("evaluations", []) if e.get("step", 0) <= last and e.get(metric) is not None]
+    return float(np.mean(values)) if values else None
+
+
 def mean_std(values) -> str:
     values = [v for v in values if v is not None]
     return f"{np.mean(values):.2f} ± {np.std(values):.2f}" if values else ""
@@ -160,7 +170,8 @@ def main(argv=None) -> int:
     if table.note:
         lines += [table.note, ""]
     lines += ["Mean ± std over seeds (population std) of each run's evaluation at the last step, n seeds; "
-              f"IQM with a 95% bootstrap interval over seeds (rliable, {args.reps} resamples).", ""]
+              f"IQM with a 95% bootstrap interval over seeds (rliable, {args.reps} resamples). A column marked "
+              "'mean along training' takes each run's mean over its evaluations instead (the paper's Table 6).", ""]
     per_method = {}  # method -> {group: [seed values]} for the aggregate
     for group in table.groups:
         gname = grid.slug(group.name)
@@ -168,7 +179,8 @@ def main(argv=None) -> int:
                  for m in group.methods}
         steps = group.steps[args.scale]
         lines += [f"## {group.name}", "", f"`{' '.join(group.flags)}`, {steps} steps, `{group.metric}`:", ""]
-        header = ["method", f"{group.metric} mean ± std (n)", "IQM [95% CI]", *group.extra_metrics, "paper"]
+        header = ["method", f"{group.metric} mean ± std (n)", "IQM [95% CI]",
+                  *(f"{k} (mean along training)" if k in ALONG_TRAINING else k for k in group.extra_metrics), "paper"]
         lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         for method, cell in cells.items():
             values = np.array([entry[group.metric] for _, entry in cell])
@@ -176,7 +188,8 @@ def main(argv=None) -> int:
                 point, low, high = iqm_interval(values.reshape(-1, 1), args.reps)
                 per_method.setdefault(method, {})[group.name] = values
                 row = [method, f"{mean_std(values)} ({len(values)})", f"{point:.2f} [{low:.2f}, {high:.2f}]",
-                       *(mean_std([entry.get(k) for _, entry in cell]) for k in group.extra_metrics)]
+                       *(mean_std([training_mean(r, k, steps) if k in ALONG_TRAINING else entry.get(k) for r, entry in cell])
+                         for k in group.extra_metrics)]
             else:
                 row = [method, "missing", "", *("" for _ in group.extra_metrics)]
             lines.append("| " + " | ".join([*row, group.paper.get(method, "")]) + " |")

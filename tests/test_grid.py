@@ -239,6 +239,23 @@ def test_the_archive_keeps_complete_runs_for_a_machine_without_the_runs_root(loc
     assert grid.archive_root(None, tmp_path / "runs") is None and grid.archive_root("none", grid.DEFAULT_RUNS_ROOT) is None
 
 
+def test_the_report_averages_the_value_difference_along_training_as_table_6_does(tmp_path):
+    spec = {"title": "vd", "groups": [{"name": "g", "flags": ["--env-id", "x"], "methods": {"m": ["matd3bc.py", []]},
+                                       "steps": {"reduced": 200, "paper": 200}, "seeds": {"reduced": [1, 2], "paper": [1, 2]},
+                                       "extra_metrics": ["value_difference", "extrapolation_error"]}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    for seed, vds in ((1, [1.0, 3.0]), (2, [5.0, 7.0])):  # means along training 2 and 6; at the end 3 and 7
+        evaluations = [{"step": 100 * (k + 1), "team_return": 0.0, "value_difference": v, "extrapolation_error": 10.0 * seed}
+                       for k, v in enumerate(vds)] + [{"step": 300, "team_return": 0.0, "value_difference": 99.0}]  # past the scale
+        write_results(tmp_path / "runs" / "vd" / f"g__m__s{seed}", status="complete", args={"total_steps": 300},
+                      evaluations=evaluations, final=evaluations[-1])
+    assert report.main(["vd", "--spec-file", str(tmp_path / "spec.json"), "--runs-root", str(tmp_path / "runs"),
+                        "--out", str(tmp_path / "docs"), "--reps", "50"]) == 0
+    text = (tmp_path / "docs" / "results" / "vd.md").read_text()
+    assert "| method | team_return mean ± std (n) | IQM [95% CI] | value_difference (mean along training) | extrapolation_error |" in text
+    assert "| m | 0.00 ± 0.00 (2) | 0.00 [0.00, 0.00] | 4.00 ± 2.00 | 15.00 ± 5.00 |" in text
+
+
 def test_the_archive_is_tracked_by_git_and_the_runs_root_is_not():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
