@@ -325,6 +325,26 @@ def test_a_team_assembles_from_separately_trained_agents(tiny, rows):
     assert "the checkpoints differ in one of ddpg" in message
 
 
+def test_bcq_probe_reproduces_the_runs_own_evaluation_and_behaviors_and_refuses_other_rows(tiny, rows):
+    """benchmark/bcq_probe.py on the BCQ row: on the run's last evaluation's episodes its trained rule is that evaluation,
+    bit for bit, and G1's mode is the Behavior row's evaluation (one G1 per seed); xi's shift stays within Phi."""
+    root = tiny[0]
+    (res, bcq_dir, _), (behavior, _, _) = rows["BCQ"], rows["Behavior"]
+    out = root / "probe.json"
+    proc = subprocess.run([sys.executable, str(conftest.ROOT / "benchmark" / "bcq_probe.py"), str(bcq_dir), "--out", str(out),
+                           "--shift-states", "100"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (p,) = json.loads(out.read_text())
+    assert p["episodes"] == 2 and p["env_seed"] == 1 + 60 and p["step"] == 60
+    assert p["variants"]["trained rule"]["team_return"] == res["final"]["team_return"]
+    assert p["variants"]["G1 mode"]["team_return"] == behavior["final"]["team_return"]
+    assert 0 <= p["xi_shift"]["mean_abs"] <= 1 and 0 <= p["xi_shift"]["share_at_bound"] <= 1
+    assert "| " + bcq_dir.name + " | " in proc.stdout and len(p["variants"]) == 5
+    refused = subprocess.run([sys.executable, str(conftest.ROOT / "benchmark" / "bcq_probe.py"), str(rows["DDPG"][1])],
+                             capture_output=True, text=True, timeout=300)
+    assert "DDPG run has no BCQ acting rule" in conftest.one_line_error(refused)
+
+
 def test_normalize_obs_uses_each_agents_own_statistics_and_they_travel_with_its_checkpoint(tiny, rows):
     """--normalize-obs (off by default: neither the paper nor BCQ normalises): agent i's mean and std are its own
     data's, saved in agent_i.pt, and a team assembled from the checkpoints acts exactly as the run's last evaluation."""
