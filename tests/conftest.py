@@ -8,6 +8,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# pytest.ini runs the test files on up to two workers (pytest-xdist, a file per worker): one torch thread in each,
+# or two workers with torch's default threads oversubscribe the cores (the scripts they start get one thread too)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def run_script(script: str, cwd: Path, *flags, check: bool = True, timeout: int = 600, dataset_dir: Path | None = None):
     """`python <script> --dataset-dir <cwd>/datasets <flags>` with runs/ under `cwd`, one torch thread (the
