@@ -15,8 +15,8 @@ state (`checkpoint.pt`: G1, xi, the critics) and evaluates the same team with ea
 | one G1 sample | D1(s, z), z ~ N(0, I) clipped: BCQ's proposal without the critic and xi |
 | best of n G1 samples by Q1, no xi | the critic's choice among n unperturbed samples |
 
-With `--episodes` equal to the run's `--eval-episodes` and the default `--env-seed`, the episodes are the
-run's last evaluation's: the trained rule then reproduces its final score exactly (printed as a check), and
+The episodes start from the run's last evaluation's seed; with `--episodes` equal to the run's `--eval-episodes`
+they are that evaluation's episodes: the trained rule then reproduces its final score exactly (printed as a check), and
 G1 mode equals the Behavior row of the same seed. It also prints how far xi moves G1's samples on states of
 the agents' own data, as a share of the bound Phi (1 = at the bound). Evaluation only, one torch thread.
 """
@@ -58,7 +58,7 @@ def load_run(run_dir: Path):
 
 
 @torch.no_grad()
-def probe(run_dir: Path, episodes: int | None, env_seed: int | None, n: int | None, shift_states: int) -> dict:
+def probe(run_dir: Path, episodes: int | None, shift_states: int) -> dict:
     args, step, modules = load_run(run_dir)
     env = envs.make(args.env_id, eval_episode_len=args.eval_episode_len)
     n_agents, obs_dim, act_dim = env.n_agents, env.obs_dims[0], env.act_dims[0]
@@ -75,9 +75,9 @@ def probe(run_dir: Path, episodes: int | None, env_seed: int | None, n: int | No
         module.load_state_dict(modules[k])
     xi, critic = nets["xi"], nets["critic"]
 
-    seed = args.seed + step if env_seed is None else env_seed  # the run's last evaluation: its policy stream and episodes
+    seed = args.seed + step  # the run's last evaluation: its policy stream and episodes
     episodes = args.eval_episodes if episodes is None else episodes
-    n = args.act_samples if n is None else n
+    n = args.act_samples
     stream = torch.Generator().manual_seed(seed + 1)  # the sampled variants' own noise
 
     def noise(obs, k):
@@ -124,22 +124,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="folders of MABCQ / BCQ-row runs of mabcq_continuous.py")
     parser.add_argument("--episodes", type=int, default=None, help="evaluation episodes per variant (default: the run's --eval-episodes)")
-    parser.add_argument("--env-seed", type=int, default=None, help="seed of the episodes (default: the run's last evaluation's)")
-    parser.add_argument("--n", type=int, default=None, help="samples of the best-of-n variant (default: the run's --act-samples)")
     parser.add_argument("--shift-states", type=int, default=5000, help="states per agent for the xi shift")
     parser.add_argument("--out", type=Path, default=None, help="also write the numbers to this JSON file")
     a = parser.parse_args()
     torch.set_num_threads(1)
-    try:
-        probes = []
-        for run_dir in a.runs:
-            p = probe(run_dir, a.episodes, a.env_seed, a.n, a.shift_states)
-            probes.append(p)
-            check = f" (the run's own final evaluation: {p['run_final_score']:.1f})" if "run_final_score" in p else ""
-            print(f"{run_dir}: {p['algorithm']}, step {p['step']}, {p['episodes']} episodes from seed {p['env_seed']}{check}",
-                  file=sys.stderr)
-    except InputError as e:
-        raise SystemExit(f"error: {e}")
+    probes = []
+    for run_dir in a.runs:  # a bad folder exits with one line (InputError is a SystemExit)
+        p = probe(run_dir, a.episodes, a.shift_states)
+        probes.append(p)
+        check = f" (the run's own final evaluation: {p['run_final_score']:.1f})" if "run_final_score" in p else ""
+        print(f"{run_dir}: {p['algorithm']}, step {p['step']}, {p['episodes']} episodes from seed {p['env_seed']}{check}",
+              file=sys.stderr)
     print(f"D4RL-normalised score, mean ± std over episodes; n = {probes[0]['n']}\n")
     print("\n".join(table(probes)))
     if a.out:
