@@ -309,7 +309,8 @@ def test_a_dataset_of_another_map_or_quality_is_refused(smax_runs, monkeypatch):
 def test_a_missing_replay_names_the_command_that_records_it(smax_runs, monkeypatch):
     cwd, _ = smax_runs  # runs/smax-3m__mappo__1/replay is looked up from the working directory: absent there
     message = refusal(monkeypatch, cwd, "--env-id", "smax-3m", "--quality", "replay", *TINY_SMAX)
-    assert "no recorded training transitions" in message and "python -m envs.behavior.mappo --env-id smax-3m" in message
+    assert "no recorded training transitions" in message and "python -m envs.behavior.mappo --env-id smax-3m --weights-dir" in message
+    assert "about 4 min" in message  # how long the command takes
 
 
 def test_an_unknown_quality_is_refused(smax_runs, monkeypatch):
