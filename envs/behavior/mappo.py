@@ -91,11 +91,12 @@ from envs import InputError, smax
 PRESETS = {
     # env-step budget, an estimate with a margin: short runs here won 0.90 on 3m after 1.3e6 steps, 0.74 on 8m
     # after 5e5 (still rising), 1.0 on 3s_vs_3z after 4e5 (so 2e6, recording 63 of the 64 envs to give the replay
-    # enough episodes); 3s_vs_4z not tried. Replay streams: see the docstring.
-    "smax-3m": dict(total_timesteps=3_000_000, target_win_rate=0.8, record_envs=15),
-    "smax-8m": dict(total_timesteps=5_000_000, target_win_rate=0.8, record_envs=32),
-    "smax-3s_vs_3z": dict(total_timesteps=2_000_000, target_win_rate=0.8, record_envs=63),
-    "smax-3s_vs_4z": dict(total_timesteps=10_000_000, target_win_rate=0.8, record_envs=18),
+    # enough episodes); 3s_vs_4z not tried. Replay streams: see the docstring. `minutes`: the budget's wall-clock
+    # training time on a 2-core CPU (docs/datasets.md, "Measured"), quoted by the replay datasets' refusal.
+    "smax-3m": dict(total_timesteps=3_000_000, target_win_rate=0.8, record_envs=15, minutes=4),
+    "smax-8m": dict(total_timesteps=5_000_000, target_win_rate=0.8, record_envs=32, minutes=17),
+    "smax-3s_vs_3z": dict(total_timesteps=2_000_000, target_win_rate=0.8, record_envs=63, minutes=3),
+    "smax-3s_vs_4z": dict(total_timesteps=10_000_000, target_win_rate=0.8, record_envs=18, minutes=14),
 }
 
 

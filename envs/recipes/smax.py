@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from envs.behavior.mappo import load_actor, sample_actions
+from envs.behavior.mappo import PRESETS, load_actor, sample_actions
 from envs.smax import BEHAVIOR_DIR, ENV_DEFAULTS, PINNED_PACKAGES, QUALITIES, RECIPE_DEFAULTS, Smax, make
 
 CHUNK = 500  # dataset episodes run side by side in one jitted call
@@ -135,10 +135,6 @@ def load_behavior(env: Smax, level: str, behavior_dir: str = ""):
 RECORDED = dict(avail_actions="avail", next_avail_actions="next_avail")  # dataset key -> the learner's key
 
 
-# the learner's wall-clock training time for each map's preset budget on a 2-core CPU (docs/datasets.md, "Measured")
-LEARNER_MINUTES = {"smax-3m": 4, "smax-8m": 17, "smax-3s_vs_3z": 3, "smax-3s_vs_4z": 14}
-
-
 def replay_folder(env_id: str, recipe_dir: str = "") -> Path:
     return Path(recipe_dir or f"runs/{env_id}__mappo__1/replay")
 
@@ -147,10 +143,12 @@ def replay_chunks(env: Smax, folder: Path) -> list[Path]:
     """The learner's recorded chunks in `folder`, or a one-line refusal naming the command that records them."""
     import envs
 
-    run_dir = "" if folder == replay_folder(env.env_id) else f" --run-dir {folder.parent}"
+    # the learner records into <run-dir>/replay
+    run_dir = "" if folder == replay_folder(env.env_id) else f" --run-dir {folder.parent if folder.name == 'replay' else folder}"
+    again = "run this again" if folder.name == "replay" else f"pass --replay-dir {folder / 'replay'}"
     fix = (f"record them by training the learner, `python -m envs.behavior.mappo --env-id {env.env_id}{run_dir} --weights-dir "
-           f"runs/mappo-actors` (about {LEARNER_MINUTES.get(env.env_id, 'ten')} min on 2 CPU cores; --weights-dir keeps the "
-           "shipped actors, which the medium and expert datasets use), then run this again")
+           f"runs/mappo-actors` (about {PRESETS[env.env_id]['minutes']} min on 2 CPU cores; --weights-dir keeps the "
+           f"shipped actors, which the medium and expert datasets use), then {again}")
     chunks = sorted(folder.glob("chunk_*.npz"))
     if not (folder / "streams.json").exists() or not chunks:
         raise envs.InputError(f"no recorded training transitions in {folder}; {fix}")
