@@ -18,7 +18,9 @@ state (`checkpoint.pt`: G1, xi, the critics) and evaluates the same team with ea
 The episodes start from the run's last evaluation's seed; with `--episodes` equal to the run's `--eval-episodes`
 they are that evaluation's episodes: the trained rule then reproduces its final score exactly (printed as a check), and
 G1 mode equals the Behavior row of the same seed. It also prints how far xi moves G1's samples on states of
-the agents' own data, as a share of the bound Phi (1 = at the bound). Evaluation only, one torch thread.
+the agents' own data, as a share of the bound Phi (1 = at the bound), and how much G1's n samples for one
+state differ from each other (`g1_stats`: if their spread is far below Phi, the critic's best of n is nearly one
+sample, and the encoder's means near 0 say why: the latent carries nothing). Evaluation only, one torch thread.
 """
 
 import argparse
@@ -91,7 +93,7 @@ def probe(run_dir: Path, episodes: int | None, shift_states: int) -> dict:
         "best of n G1 samples by Q1, no xi": lambda obs: M.bcq_policy(obs, g1, NoPerturbation(), critic, noise(obs, n)),
     }
     out = dict(run_dir=str(run_dir), algorithm=M.algorithm(args)[0], env_id=args.env_id, seed=args.seed, step=step,
-               episodes=episodes, env_seed=seed, n=n, variants={})
+               episodes=episodes, env_seed=seed, n=n, phi=args.phi, variants={})
     for name in VARIANTS:
         r = M.evaluate(env, policies[name], critic, data["obs_mean"], data["obs_std"], episodes, args.gamma, args.lmbda, seed, "cpu")
         out["variants"][name] = {k: r[k] for k in ("normalized_score", "normalized_score_std", "team_return", "team_return_std")}
@@ -103,6 +105,7 @@ def probe(run_dir: Path, episodes: int | None, shift_states: int) -> dict:
     shift = (xi(obs, sampled) - sampled) / args.phi  # [n_agents, states, act_dim], in [-1, 1] (less at the action bounds)
     out["xi_shift"] = dict(mean_abs=shift.abs().mean().item(), share_at_bound=(shift.abs() >= 0.9).float().mean().item(),
                            mean_signed=shift.mean(1).tolist())
+    out["g1"] = g1_stats(g1, obs, M.gather(data["actions"], idx), torch.stack([noise(obs, 1) for _ in range(n)]))
     results = run_dir / "results.json"
     if results.is_file():
         final = json.loads(results.read_text()).get("final") or {}
@@ -111,12 +114,25 @@ def probe(run_dir: Path, episodes: int | None, shift_states: int) -> dict:
     return out
 
 
+@torch.no_grad()
+def g1_stats(g1, obs, act, noise) -> dict:
+    """How much G1's samples differ, on states of the agents' own data: obs, act [n_agents, states, *], noise
+    [n, n_agents, states, latent]. `spread`: the std over the n samples of each decoded action (population std),
+    averaged over states, joints and agents, in action units ([-1, 1]); `mu_sq_median`: the median over states of
+    ||mu1(s, a)||^2 (0 when the encoder has collapsed onto the prior), averaged over agents."""
+    samples = torch.stack([g1.decode(obs, z) for z in noise])  # [n, n_agents, states, act_dim]
+    mu, _ = g1.encode(obs, act)
+    return dict(spread=samples.std(0, correction=0).mean().item(), mu_sq_median=(mu**2).sum(-1).median(-1).values.mean().item())
+
+
 def table(probes: list[dict]) -> list[str]:
-    rows = ["| run | " + " | ".join(VARIANTS) + " | xi shift / Phi (share ≥ 0.9) |", "|---" * (len(VARIANTS) + 2) + "|"]
+    rows = ["| run | " + " | ".join(VARIANTS) + " | xi shift / Phi (share ≥ 0.9) | spread of n G1 samples / Phi | median ‖mu1‖² |",
+            "|---" * (len(VARIANTS) + 4) + "|"]
     for p in probes:
         cells = [f"{p['variants'][v]['normalized_score']:.1f} ± {p['variants'][v]['normalized_score_std']:.1f}" for v in VARIANTS]
         shift = f"{p['xi_shift']['mean_abs']:.2f} ({p['xi_shift']['share_at_bound']:.2f})"
-        rows.append(f"| {Path(p['run_dir']).name} | " + " | ".join(cells) + f" | {shift} |")
+        g1 = f"{p['g1']['spread'] / p['phi']:.2f} | {p['g1']['mu_sq_median']:.4f}"
+        rows.append(f"| {Path(p['run_dir']).name} | " + " | ".join(cells) + f" | {shift} | {g1} |")
     return rows
 
 

@@ -340,9 +340,34 @@ def test_bcq_probe_reproduces_the_runs_own_evaluation_and_behaviors_and_refuses_
     assert p["variants"]["G1 mode"]["team_return"] == behavior["final"]["team_return"]
     assert 0 <= p["xi_shift"]["mean_abs"] <= 1 and 0 <= p["xi_shift"]["share_at_bound"] <= 1
     assert "| " + bcq_dir.name + " | " in proc.stdout and len(p["variants"]) == 5
+    assert 0 <= p["g1"]["spread"] <= 1 and p["g1"]["mu_sq_median"] >= 0 and "spread of n G1 samples" in proc.stdout
     refused = subprocess.run([sys.executable, str(conftest.ROOT / "benchmark" / "bcq_probe.py"), str(rows["DDPG"][1])],
                              capture_output=True, text=True, timeout=300)
     assert "DDPG run has no BCQ acting rule" in conftest.one_line_error(refused)
+
+
+def test_bcq_probe_g1_stats_by_hand():
+    """The spread of G1's samples is the population std over the n samples (decode clips z to [-0.5, 0.5] as
+    BCQ does), averaged over states and agents; mu_sq_median the median over states of ||mu1||^2, averaged over agents."""
+    from benchmark import bcq_probe
+
+    class G1:  # decodes to the clipped latent's first coordinate; encodes to the action's two numbers
+        def decode(self, obs, z):
+            return z.clamp(-0.5, 0.5)[..., :1]
+
+        def encode(self, obs, act):
+            return act, torch.zeros_like(act)
+
+    obs = torch.zeros(2, 3, 1)  # 2 agents, 3 states
+    act = torch.tensor([[[3.0, 4.0], [0.0, 1.0], [1.0, 1.0]], [[0.0, 0.0], [0.0, 0.0], [2.0, 0.0]]])  # ||a||^2: 25, 1, 2 | 0, 0, 4
+    noise = torch.zeros(2, 2, 3, 1)
+    noise[0], noise[1] = 0.2, -0.2  # every state: samples 0.2 and -0.2, std 0.2
+    noise[0, 1, 2], noise[1, 1, 2] = 0.9, 0.1  # agent 1, state 2: clipped to 0.5 and 0.1, std 0.2
+    stats = bcq_probe.g1_stats(G1(), obs, act, noise)
+    assert stats["spread"] == pytest.approx(0.2)
+    assert stats["mu_sq_median"] == pytest.approx((2 + 0) / 2)  # medians 2 (of 25, 1, 2) and 0 (of 0, 0, 4)
+    noise[0, 1, 2] = 0.5  # same after clipping: 0.9 was cut to 0.5
+    assert bcq_probe.g1_stats(G1(), obs, act, noise)["spread"] == pytest.approx(0.2)
 
 
 def test_normalize_obs_uses_each_agents_own_statistics_and_they_travel_with_its_checkpoint(tiny, rows):

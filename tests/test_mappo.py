@@ -140,6 +140,7 @@ def test_a_tiny_run_writes_actors_returns_and_replay(trained, env):
 
     streams = json.loads((trained / "run" / "replay" / "streams.json").read_text())
     assert streams["agent_of_stream"] == [0, 1, 2, 0, 1, 2]
+    assert json.loads((trained / "run" / "replay" / "returns.json").read_text()) == record  # whether this replay's run learned
     names, chunks = load_chunks(trained / "run")
     assert names == ["chunk_000001.npz"]  # updates 1 and 2, written with the checkpoint
     shapes = dict(obs=(32, 6, env.obs_dim), actions=(32, 6), avail=(32, 6, env.n_actions), rewards=(32, 6),

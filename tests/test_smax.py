@@ -3,6 +3,7 @@
 JIT compiles cost seconds per function and map, so the tests share one smax-3m env."""
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -194,6 +195,31 @@ def test_replay_episodes_are_whole_and_spread(env, tmp_path):
     assert data["dones"].sum() + data["timeouts"].sum() == 5
     with pytest.raises(InputError, match="holds 10 whole training episodes of agent 0"):
         smax_recipe.replay_episodes(env, 0, 11, tmp_path / "replay")
+
+
+def test_the_default_replay_is_the_first_learner_that_reached_its_target(env, tmp_path, monkeypatch):
+    """A learner whose best actor stayed below its target win rate recorded a failed run: the default replay folder
+    skips it for the next seed that learned, and a failed folder given or left as the only one is refused in one line."""
+    monkeypatch.chdir(tmp_path)  # runs/ is looked up from the working directory
+    lengths = [[4, 4, 4]] * 3
+    for seed, best in ((1, 0.03), (2, 0.95)):
+        folder = tmp_path / "runs" / f"smax-3m__mappo__{seed}" / "replay"
+        write_fake_replay(folder, env, lengths, chunk_len=6)
+        (folder / "returns.json").write_text(json.dumps({"target_win_rate": 0.8, "expert": {"win_rate": best}}))
+    assert smax_recipe.replay_folder("smax-3m") == Path("runs/smax-3m__mappo__2/replay")
+    assert smax_recipe.replay_folder("smax-3m", "runs/smax-3m__mappo__1/replay") == Path("runs/smax-3m__mappo__1/replay")
+    assert len(smax_recipe.replay_chunks(env, smax_recipe.replay_folder("smax-3m"))) == 2
+    with pytest.raises(InputError, match=r"failed learner: its best actor won 0\.03 .* below its target 0\.8.*--seed 3 "
+                                         r".*then pass --replay-dir runs/smax-3m__mappo__3/replay"):
+        smax_recipe.replay_chunks(env, Path("runs/smax-3m__mappo__1/replay"))  # given by --replay-dir
+    shutil.rmtree(tmp_path / "runs" / "smax-3m__mappo__2")
+    assert smax_recipe.replay_folder("smax-3m") == Path("runs/smax-3m__mappo__1/replay")  # none learned: seed 1's, refused
+    with pytest.raises(InputError, match=r"mappo --env-id smax-3m --seed 2 --weights-dir runs/mappo-actors-2` \(about 4 min.*"
+                                         r"the replay datasets then read the first seed that reached it"):
+        dataset.build("smax-3m", recipe=dict(quality="replay", n_episodes=2), dataset_dir=str(tmp_path / "datasets"))
+    assert not (tmp_path / "datasets").exists() or not list((tmp_path / "datasets").iterdir())  # nothing written
+    (tmp_path / "runs" / "smax-3m__mappo__1" / "replay" / "returns.json").unlink()  # recorded before the copy existed
+    assert len(smax_recipe.replay_chunks(env, smax_recipe.replay_folder("smax-3m"))) == 2
 
 
 def save_tiny_actor(folder: Path, env, level: str, seed: int) -> None:

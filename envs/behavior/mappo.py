@@ -50,7 +50,9 @@ receives the updates since the previous one (u = the first of them), each array
 [steps, record_envs, ...] in time order: obs, actions (int64), avail, rewards (scaled team
 reward), next_obs and next_avail (the true next ones: at an episode end the last
 observation, before the auto-reset), states (world state), dones (a true end), timeouts,
-won, first (the step starts an episode). `replay/streams.json` gives `agent_of_stream`. An
+won, first (the step starts an episode). `replay/streams.json` gives `agent_of_stream`, and
+`replay/returns.json` is a copy of the record above: the replay datasets read the first seed's
+replay whose best actor reached the target win rate (a failed run is refused). An
 episode is complete when it runs from a `first` step to a done or timeout; the ones cut by
 the end of training or by a resume are not. The default `--record-envs` (PRESETS) gives
 each agent about 1.5e4 complete episodes over the preset budget:
@@ -510,6 +512,11 @@ def main(args: Args) -> None:
         params, meta = load_actor(snapshot_dir / evaluation["snapshot"])
         save_actor(weights_dir / f"{level}.npz", params, dict(meta, level=level))
 
+    def write_record() -> None:  # and a copy beside the replay, which tells the replay datasets whether the run learned
+        write_json(record, weights_dir / "returns.json")
+        if record_envs:
+            write_json(record, replay_dir / "returns.json")
+
     if checkpoint is not None:
         train = dict(checkpoint["train"], key=jax.random.wrap_key_data(checkpoint["train"]["key"]))
         update_count, seconds, record = checkpoint["update"], checkpoint["seconds"], checkpoint["record"]
@@ -524,7 +531,7 @@ def main(args: Args) -> None:
         for level in LEVELS:
             if record[level] is not None:
                 save_level(level, record[level])
-        write_json(record, weights_dir / "returns.json")
+        write_record()
         print(f"resuming {run_dir} at env step {update_count * steps_per_update} ({update_count} updates); episodes in flight restart")
     agent_of_stream = [j % n_agents for j in range(record_envs)]
     write_json(dict(env_id=args.env_id, n_agents=n_agents, agent_of_stream=agent_of_stream, num_steps=args.num_steps,
@@ -599,7 +606,7 @@ def main(args: Args) -> None:
             if medium != record["medium"]:
                 record["medium"] = medium
                 save_level("medium", medium)
-            write_json(record, weights_dir / "returns.json")
+            write_record()
             progress.set_postfix(win_rate=f"{evaluation['win_rate']:.2f}", best=f"{expert['win_rate']:.2f}")
         if crossed(env_step, previous_step, args.checkpoint_freq) or final:
             save_checkpoint()
@@ -608,7 +615,8 @@ def main(args: Args) -> None:
     expert = record["expert"]
     if expert is not None and expert["win_rate"] < target_win_rate:
         print(f"warning: the best actor wins {expert['win_rate']:.2f} of its episodes, below the target {target_win_rate}; "
-              "continue with --resume --total-timesteps <more>")
+              "continue with --resume --total-timesteps <more>, or train another --seed (the replay datasets read the first "
+              "seed in runs/ that reached the target)")
     if expert is not None:
         print(f"actors in {weights_dir}: expert {expert['snapshot']} (win rate {expert['win_rate']:.2f}), "
               f"medium {record['medium']['snapshot']} (win rate {record['medium']['win_rate']:.2f})")

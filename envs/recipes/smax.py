@@ -135,8 +135,37 @@ def load_behavior(env: Smax, level: str, behavior_dir: str = ""):
 RECORDED = dict(avail_actions="avail", next_avail_actions="next_avail")  # dataset key -> the learner's key
 
 
+def learner_outcome(folder: Path) -> tuple[float, float] | None:
+    """(best evaluated win rate, target win rate) of the learner that recorded `folder`, from the copy of its
+    returns.json it keeps there; None for a replay recorded without one."""
+    path = folder / "returns.json"
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    return float((record.get("expert") or {}).get("win_rate", 0.0)), float(record["target_win_rate"])
+
+
+def learner_seeds(env_id: str) -> dict[int, Path]:
+    """seed -> replay folder of the learner runs in runs/ (`runs/<env-id>__mappo__<seed>/replay`)."""
+    found = {}
+    for folder in Path("runs").glob(f"{env_id}__mappo__*/replay"):
+        seed = folder.parent.name.rsplit("__", 1)[1]
+        if seed.isdigit():
+            found[int(seed)] = folder
+    return dict(sorted(found.items()))
+
+
 def replay_folder(env_id: str, recipe_dir: str = "") -> Path:
-    return Path(recipe_dir or f"runs/{env_id}__mappo__1/replay")
+    """The recorded replay a dataset reads: `recipe_dir`, or by default that of the first learner run in runs/ (seed
+    1, 2, ...) whose best actor reached its target win rate; seed 1's folder if none did (`replay_chunks` says why).
+    The learner's runs are not bit-identical across machines (XLA), and one seed can fail where another learns."""
+    if recipe_dir:
+        return Path(recipe_dir)
+    for folder in learner_seeds(env_id).values():
+        outcome = learner_outcome(folder)
+        if outcome is None or outcome[0] >= outcome[1]:
+            return folder
+    return Path(f"runs/{env_id}__mappo__1/replay")
 
 
 def replay_chunks(env: Smax, folder: Path) -> list[Path]:
@@ -152,6 +181,15 @@ def replay_chunks(env: Smax, folder: Path) -> list[Path]:
     chunks = sorted(folder.glob("chunk_*.npz"))
     if not (folder / "streams.json").exists() or not chunks:
         raise envs.InputError(f"no recorded training transitions in {folder}; {fix}")
+    outcome = learner_outcome(folder)
+    if outcome is not None and outcome[0] < outcome[1]:
+        seed = max(learner_seeds(env.env_id), default=1) + 1
+        then = ("the replay datasets then read the first seed that reached it" if not run_dir
+                else f"then pass --replay-dir runs/{env.env_id}__mappo__{seed}/replay")
+        raise envs.InputError(
+            f"{folder} is the replay of a failed learner: its best actor won {outcome[0]:.2f} of its evaluation episodes, "
+            f"below its target {outcome[1]:g} (if it was stopped, finish it with --resume); or train another seed, `python -m envs.behavior.mappo --env-id {env.env_id} "
+            f"--seed {seed} --weights-dir runs/mappo-actors-{seed}` (about {PRESETS[env.env_id]['minutes']} min on 2 CPU cores); {then}")
     return chunks
 
 
