@@ -186,10 +186,11 @@ def replay_chunks(env: Smax, folder: Path) -> list[Path]:
         seed = max(learner_seeds(env.env_id), default=1) + 1
         then = ("the replay datasets then read the first seed that reached it" if not run_dir
                 else f"then pass --replay-dir runs/{env.env_id}__mappo__{seed}/replay")
+        command = f"python -m envs.behavior.mappo --env-id {env.env_id} --seed {seed} --weights-dir runs/mappo-actors-{seed}"
         raise envs.InputError(
             f"{folder} is the replay of a failed learner: its best actor won {outcome[0]:.2f} of its evaluation episodes, "
-            f"below its target {outcome[1]:g} (if it was stopped, finish it with --resume); or train another seed, `python -m envs.behavior.mappo --env-id {env.env_id} "
-            f"--seed {seed} --weights-dir runs/mappo-actors-{seed}` (about {PRESETS[env.env_id]['minutes']} min on 2 CPU cores); {then}")
+            f"below its target {outcome[1]:g} (if it was stopped, finish it with --resume); or train another seed, "
+            f"`{command}` (about {PRESETS[env.env_id]['minutes']} min on 2 CPU cores); {then}")
     return chunks
 
 
