@@ -102,8 +102,8 @@ def _table8() -> Table:
         ("expert", "3s_vs_3z"): ["19.1 ± 0.5", "19.0 ± 0.6", "19.2 ± 0.6", "19.1 ± 0.6"], ("expert", "3s_vs_4z"): ["5.6 ± 0.9", "5.4 ± 1.1", "6.8 ± 0.7", "6.5 ± 0.9"],
     }
     groups = []
-    for quality in ("random", "medium", "replay", "expert"):  # 3m and 3s_vs_3z first: they finish first
-        for smax_map in ("3m", "3s_vs_3z", "8m", "3s_vs_4z"):
+    for smax_map in ("3m", "3s_vs_3z", "8m", "3s_vs_4z"):  # map by map, the 3-agent maps first: a grid stopped
+        for quality in ("random", "medium", "replay", "expert"):  # part-way has whole maps (expand() keeps the order)
             groups.append(Group(f"{quality}-{smax_map}", ["--env-id", f"smax-{smax_map}", "--quality", quality, "--eval-freq", "5000"],
                                 methods, {"reduced": 30_000, "paper": 100_000}, SEEDS3, extra_metrics=("win_rate",),
                                 paper=dict(zip(methods, paper[(quality, smax_map)]))))
