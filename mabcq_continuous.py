@@ -126,6 +126,8 @@ class Args:
     """actions sampled from G1 (and perturbed) to act (ECAI and BCQ's paper: n = 10; BCQ's code: 100)"""
     vae_latent_dim: int = 10
     """the latent size of G1 and G2 (ECAI's "VAE hidden space": 10; BCQ's code: 2 x the action size)"""
+    vae_kl_weight: float = 0.5
+    """G1's and G2's loss: the mean squared error over action dims + this x the KL mean over latent dims (BCQ's code: 0.5)"""
     vae_steps: int = 10_000
     """gradient steps of the G1 and G2 fit before Q-learning (Algorithm 1, line 4); lambda_tn is computed from them once"""
     train_generator: bool = False
@@ -179,7 +181,7 @@ def check_args(args: Args) -> None:
         if getattr(args, name) < 0:
             raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     for name in ("eval_freq", "eval_episodes", "batch_size", "n_samples", "act_samples", "vae_latent_dim", "analysis_states",
-                 "q_learning_rate", "xi_learning_rate", "g_learning_rate"):
+                 "q_learning_rate", "xi_learning_rate", "g_learning_rate", "vae_kl_weight"):
         if getattr(args, name) <= 0:
             raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
 
@@ -296,11 +298,11 @@ class Critics(nn.Module):
 class ConditionalVAE(nn.Module):
     """E(mu, sigma | cond, a) and D(a | cond, z), one per agent; cond is s (G1) or (s, s') (G2)."""
 
-    def __init__(self, cond_dim, act_dim, latent_dim, hidden_dim, generators, device=None):
+    def __init__(self, cond_dim, act_dim, latent_dim, hidden_dim, generators, device=None, kl_weight=0.5):
         super().__init__()
         self.encoder = MLP(cond_dim + act_dim, 2 * latent_dim, hidden_dim, generators, device=device)
         self.decoder = MLP(cond_dim + latent_dim, act_dim, hidden_dim, generators, device=device)
-        self.latent_dim = latent_dim
+        self.latent_dim, self.kl_weight = latent_dim, kl_weight
 
     def encode(self, cond, act):
         mean, log_std = self.encoder(torch.cat([cond, act], -1)).split(self.latent_dim, -1)
@@ -312,13 +314,17 @@ class ConditionalVAE(nn.Module):
         z = torch.zeros(*cond.shape[:-1], self.latent_dim, device=cond.device) if noise is None else noise.clamp(-0.5, 0.5)
         return torch.tanh(self.decoder(torch.cat([cond, z], -1)))
 
-    def loss(self, cond, act, noise):  # per-agent loss [n_agents]: BCQ's reconstruction MSE + 0.5 KL
+    def loss(self, cond, act, noise):
+        """Per-agent loss [n_agents]: BCQ's reconstruction MSE + kl_weight (BCQ: 0.5) x KL. Both terms are means (over action dims, over latent dims), so with k action dims and d latent dims a nat of
+        KL costs kl_weight / d while the latent can only pay back through the per-dim MSE: for a Gaussian spread of
+        the action given the state, variance v per dim, the latent is worth using only if 2 v / k > kl_weight / d
+        (the rate-distortion slope at rate 0); below that the optimum ignores z (docs/mabcq_continuous.md)."""
         mean, log_std = self.encode(cond, act)
         z = mean + log_std.exp() * noise
         recon = torch.tanh(self.decoder(torch.cat([cond, z], -1)))
         recon_loss = ((recon - act) ** 2).mean((1, 2))
         kl = -0.5 * (1 + 2 * log_std - mean**2 - (2 * log_std).exp()).mean((1, 2))
-        return recon_loss + 0.5 * kl
+        return recon_loss + self.kl_weight * kl
 
 
 def make_networks(args, obs_dim, act_dim, generators, device) -> dict:
@@ -337,8 +343,8 @@ def make_generative_models(args, obs_dim, act_dim, generators, device):
     """G1(a | s) and G2(a | s, s'), created together for every row but DDPG, so that G1 starts (and, fitted on the
     same draws, ends) the same whether or not lambda_tn is on: every row of a seed samples the same G1."""
     hidden = args.vae_hidden_dim or args.hidden_dim
-    g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device)
-    g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device)
+    g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
+    g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
     return g1, g2
 
 
@@ -462,16 +468,21 @@ def fit_generative_models(g1, g2, data, args, generators, device, fit_g2=True, p
         optimizer.step()
     if args.vae_steps:
         logs = {"vae/g1_loss": loss_g1.mean().item(), **({"vae/g2_loss": loss_g2.mean().item()} if fit_g2 else {})}
-    if not fit_g2:
-        return None, logs
-    lambda_tn = torch.empty(data["obs"].shape[:2], device=device)
+    lambda_tn = torch.empty(data["obs"].shape[:2], device=device) if fit_g2 else None
+    mu_sq = torch.zeros(2, device=device)  # sums of |mu1|^2 and |mu2|^2 over the agents' own rows: near 0 = the latent unused
+    sizes, rows = torch.tensor(data["size"], device=device)[:, None], torch.arange(data["obs"].shape[1], device=device)
     with torch.no_grad():
-        for start in range(0, lambda_tn.shape[1], 65536):
+        for start in range(0, data["obs"].shape[1], 65536):
             s = slice(start, start + 65536)
-            obs, act, next_obs = data["obs"][:, s], data["actions"][:, s], data["next_obs"][:, s]
+            obs, act, next_obs, own = data["obs"][:, s], data["actions"][:, s], data["next_obs"][:, s], rows[s] < sizes
             mu1, _ = g1.encode(obs, act)
-            mu2, _ = g2.encode(torch.cat([obs, next_obs], -1), act)
-            lambda_tn[:, s] = transition_normalization(mu1, mu2)
+            mu_sq[0] += ((mu1**2).sum(-1) * own).sum()
+            if fit_g2:
+                mu2, _ = g2.encode(torch.cat([obs, next_obs], -1), act)
+                mu_sq[1] += ((mu2**2).sum(-1) * own).sum()
+                lambda_tn[:, s] = transition_normalization(mu1, mu2)
+    n = sum(data["size"])
+    logs.update({"vae/mu1_sq_norm": mu_sq[0].item() / n, **({"vae/mu2_sq_norm": mu_sq[1].item() / n} if fit_g2 else {})})
     return lambda_tn, logs
 
 

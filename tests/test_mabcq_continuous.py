@@ -166,6 +166,21 @@ def test_behavior_acts_with_the_decoder_at_z_zero_and_bcq_clips_z():
     torch.testing.assert_close(g1.decode(obs, big), g1.decode(obs, torch.full((N, 3, LATENT), 0.5)))
 
 
+@pytest.mark.parametrize("kl_weight", [0.5, 0.05])
+def test_vae_loss_by_hand_mean_squared_error_over_action_dims_plus_kl_weight_times_mean_kl_over_latent_dims(kl_weight):
+    g = M.ConditionalVAE(OBS, ACT, LATENT, (HIDDEN,), M.agent_generators(3, list(range(N)), "cpu"), kl_weight=kl_weight)
+    draw = torch.Generator().manual_seed(4)
+    obs, act, noise = torch.randn(N, 5, OBS, generator=draw), torch.rand(N, 5, ACT, generator=draw) * 2 - 1, torch.randn(N, 5, LATENT, generator=draw)
+    for i in range(N):
+        out = by_hand(g.encoder, i, torch.cat([obs[i], act[i]], -1))
+        mean, log_std = out[:, :LATENT], out[:, LATENT:].clamp(-4, 15)
+        z = mean + log_std.exp() * noise[i]
+        mse = ((torch.tanh(by_hand(g.decoder, i, torch.cat([obs[i], z], -1))) - act[i]) ** 2).mean()
+        kl = (0.5 * (mean**2 + (2 * log_std).exp() - 1) - log_std).mean()  # KL(N(mean, std^2) || N(0, 1)) per latent dim
+        torch.testing.assert_close(g.loss(obs, act, noise)[i], mse + kl_weight * kl)
+    assert M.Args().vae_kl_weight == 0.5  # BCQ's
+
+
 def agent_0_gradients(batch, ddpg=False):
     """Agent 0's share of every gradient of one update of every network (critics, xi, G1, G2, the DDPG actor)."""
     critic, xi, g1 = networks()
@@ -274,6 +289,8 @@ def test_every_row_of_table_5_runs(rows, algorithm):
         assert 0 <= final["lambda_vd_clipped"] <= 1 and res["args"]["epsilon"] == 0.8
     if "tn" in weights_on:
         assert 0 < final["lambda_tn_min"] <= final["lambda_tn_mean"] <= final["lambda_tn_max"] and "vae/g2_loss" in res["vae"]
+    if algorithm != "DDPG":  # how much G1's (and, with lambda_tn, G2's) encoder uses its latent
+        assert res["vae"]["vae/mu1_sq_norm"] > 0 and ("vae/mu2_sq_norm" in res["vae"]) == ("tn" in weights_on)
     assert list(run_dir.glob("events.out.tfevents.*")) and "step 60 | normalized score" in stdout
     parts = {"MABCQ": {"critic", "xi", "g1"}, "DDPG": {"critic", "actor"}, "Behavior": {"g1"}}.get(algorithm, {"critic", "xi", "g1"})
     for i in range(3):
@@ -450,6 +467,7 @@ def test_a_dataset_that_cannot_be_built_or_is_another_envs_is_refused_in_one_lin
     (["--ddpg", "--behavior"], "error: --ddpg and --behavior are two rows of Table 5; pick one"),
     (["--ddpg", "--train-generator"], "error: --train-generator trains BCQ's generator G1; the --ddpg row has none"),
     (["--phi", "0"], "error: --phi must lie in (0, 1]"),
+    (["--vae-kl-weight", "0"], "error: --vae-kl-weight must be > 0"),
     (["--hidden-dim", "64", "0"], "error: --hidden-dim takes one or more positive widths"),
     (["--eval-episode-len", "0"], "error: hopper-3x1: --eval-episode-len must be > 0"),
     (["--n-transitions", "0"], "error: hopper-3x1: --n-transitions must be > 0"),
