@@ -315,10 +315,12 @@ class ConditionalVAE(nn.Module):
         return torch.tanh(self.decoder(torch.cat([cond, z], -1)))
 
     def loss(self, cond, act, noise):
-        """Per-agent loss [n_agents]: BCQ's reconstruction MSE + kl_weight (BCQ: 0.5) x KL. Both terms are means (over action dims, over latent dims), so with k action dims and d latent dims a nat of
-        KL costs kl_weight / d while the latent can only pay back through the per-dim MSE: for a Gaussian spread of
-        the action given the state, variance v per dim, the latent is worth using only if 2 v / k > kl_weight / d
-        (the rate-distortion slope at rate 0); below that the optimum ignores z (docs/mabcq_continuous.md)."""
+        """Per-agent loss [n_agents]: BCQ's reconstruction MSE + kl_weight (BCQ: 0.5) x KL.
+
+        Both terms are means (over the k action dims, over the d latent dims), so a nat of KL costs kl_weight / d
+        while the latent can only pay back through the per-dim MSE: for a Gaussian spread of the action given the
+        state, variance v per dim, the latent is worth using only if 2 v / k > kl_weight / d (the rate-distortion
+        slope at rate 0); below that the optimum ignores z (docs/mabcq_continuous.md)."""
         mean, log_std = self.encode(cond, act)
         z = mean + log_std.exp() * noise
         recon = torch.tanh(self.decoder(torch.cat([cond, z], -1)))
