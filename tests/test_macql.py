@@ -1,6 +1,6 @@
 """macql.py: the CQL loss with masks, lambda_vd on CQL's next value, agents' independence, smoke runs on SMAX.
 
-The SMAX tests share one tiny random smax-3m dataset and one JAX compilation cache (a module fixture), and
+The SMAX tests share one tiny random smax-3m dataset (a module fixture) and the suite's JAX compilation cache, and
 run macql.py's refusals in this process, so that jaxmarl is imported and SMAX compiled once or twice, not per test."""
 
 import json
@@ -204,16 +204,12 @@ def dataset_folder(cwd, env_id, quality):
 
 @pytest.fixture(scope="module")
 def smax_runs(tmp_path_factory):
-    """MACQL (the defaults) and CQL (--no-vd --no-tn) on the tiny dataset; the second run and this process reuse the
-    first run's XLA compilations (a persistent JAX cache), which saves ~20 s a process."""
+    """MACQL (the defaults) and CQL (--no-vd --no-tn) on the tiny dataset; every SMAX process of the suite shares
+    the persistent XLA compilation cache that tests/conftest.py sets up (about 60 s saved a process)."""
     cwd = tmp_path_factory.mktemp("smax")
-    cache = {"JAX_COMPILATION_CACHE_DIR": str(cwd / "jax-cache"), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in cache.items():
-            mp.setenv(k, v)
-        conftest.run_script("macql.py", cwd, *SMAX, "--exp-name", "macql", "--save-model")
-        conftest.run_script("macql.py", cwd, *SMAX, "--exp-name", "cql", "--no-vd", "--no-tn")
+    cache = {k: v for k, v in os.environ.items() if k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
+    conftest.run_script("macql.py", cwd, *SMAX, "--exp-name", "macql", "--save-model")
+    conftest.run_script("macql.py", cwd, *SMAX, "--exp-name", "cql", "--no-vd", "--no-tn")
     return cwd, cache
 
 
@@ -272,16 +268,11 @@ def test_a_smax_run_killed_after_a_checkpoint_and_resumed_ends_bit_identical(sma
             assert torch.equal(agents[name][k], whole_agents[name][k]), (name, k)
 
 
-def test_evaluation_is_smax_evaluate_team(smax_runs):
+@pytest.mark.usefixtures("smax_runs")  # its runs compiled SMAX into the suite's cache (tests/conftest.py), read here
+def test_evaluation_is_smax_evaluate_team():
     """macql.evaluate plays the same episodes as envs.smax.evaluate_team with the same greedy policies."""
-    import jax
-
     from envs import smax
 
-    _, cache = smax_runs
-    jax.config.update("jax_compilation_cache_dir", cache["JAX_COMPILATION_CACHE_DIR"])  # no effect if jax compiled already
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     env = envs.make("smax-3m")
     qnet = macql.QNetwork(env.obs_dim, env.n_actions, 16, [torch.Generator().manual_seed(i) for i in range(3)])
 
