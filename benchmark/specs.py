@@ -154,12 +154,14 @@ def _table10() -> Table:
                        "TD3+BC (single)": ("matd3bc.py", ["--no-vd", "--no-tn", "--partition", f"1x{n}"])}
             groups.append(Group(f"{quality}-{robot}", ["--env-id", f"minari:odmarl/{robot}/{quality}-v0", "--eval-freq", "10000",
                                                        "--eval-episodes", "10", "--batch-size", "256"],
-                                methods, {"reduced": 100_000, "paper": 1_000_000}, SEEDS3, metric="normalized_score",
+                                methods, {"reduced": 50_000, "paper": 1_000_000}, SEEDS3, metric="normalized_score",
                                 paper=dict(zip(methods, paper.get((quality, robot), ["-"] * 3)))))
     return Table("Table 10: D4RL-like Minari datasets split per agent (D4RL-normalised score)", groups, aggregate=True,
                  note="Datasets built here from the shipped SAC actors (envs/minari_split.py; D4RL itself is not reachable). "
                       "The paper's 'replay' rows need a replay buffer we do not have; the 'expert' datasets have no paper number and "
-                      "no row here (`--env-id minari:odmarl/<robot>/expert-v0` runs them).")
+                      "no row here (`--env-id minari:odmarl/<robot>/expert-v0` runs them). The paper trains 1e6 steps; the "
+                      "reduced scale stops at 5e4 (on the 2-core AMD VM a 2-agent run does about 26-34 updates/s, "
+                      "docs/scaling.md, so 1e5 steps would be about 30 h of wall time for the 81 runs).")
 
 
 def _fig1d() -> Table:
