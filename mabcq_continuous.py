@@ -739,6 +739,15 @@ def package_versions(env_id: str) -> dict:
     return out
 
 
+def cpu_info() -> dict:
+    """The CPU and the kernel set torch picked on it: a run is bit-identical only on the same set (docs/results.md)."""
+    model = platform.processor() or None
+    with contextlib.suppress(OSError, StopIteration):
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability()}
+
+
 def start_run(args, algorithm: str, variant: str, meta: dict, agent_ids: list[int], device) -> tuple[Path, dict, dict | None]:
     """The run folder, its results.json (status running) and, with --resume, the training state to go on from."""
     if args.resume is not None:
@@ -769,7 +778,7 @@ def start_run(args, algorithm: str, variant: str, meta: dict, agent_ids: list[in
             dataset=dict(path=meta.get("path"), recipe=meta.get("recipe"), fingerprint=meta.get("content_sha256")),
             seed=args.seed, agent_ids=agent_ids, args=asdict(args), git_commit=git_commit(),
             versions=package_versions(args.env_id), device=str(device), threads=args.threads or "auto",
-            host=platform.node(), pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            host=platform.node(), cpu=cpu_info(), pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
             resumed_at_steps=[], evaluations=[], final=None, seconds=0.0,
         )
     write_results(run_dir, results)

@@ -137,10 +137,12 @@ def grid_command(args) -> str:
 
 
 def machine(found: dict) -> str:
-    """Where the runs ran (results.json `host`, `threads`, `versions`) and their CPU time (`seconds` x threads)."""
+    """Where the runs ran (results.json `host`, `cpu`, `threads`, `versions`) and their CPU time (`seconds` x threads)."""
     hosts, cpu_seconds, versions = {}, 0.0, set()
     for results, _ in found.values():
-        hosts[results.get("host")] = hosts.get(results.get("host"), 0) + 1
+        cpu = results.get("cpu")  # absent before 2026-12-02
+        host = f"{results.get('host')}" + (f", {cpu['model']}, torch {cpu['torch_capability']} kernels" if cpu else "")
+        hosts[host] = hosts.get(host, 0) + 1
         threads = results.get("threads")
         cpu_seconds += results.get("seconds", 0.0) * (threads if isinstance(threads, int) else 1)
         versions.add(", ".join(f"{k} {v}" for k, v in (results.get("versions") or {}).items() if k in ("python", "torch")))

@@ -117,8 +117,9 @@ def test_results_schema(reference):
     script, cwd, _ = reference
     res = json.loads((cwd / "runs" / "whole" / "results.json").read_text())
     for key in ("schema_version", "status", "run_name", "script", "algorithm", "env_id", "env_kwargs", "dataset", "seed",
-                "agent_ids", "args", "git_commit", "versions", "device", "threads", "evaluations", "final", "seconds"):
+                "agent_ids", "args", "git_commit", "versions", "device", "threads", "cpu", "evaluations", "final", "seconds"):
         assert key in res, key
+    assert res["cpu"]["torch_capability"] == torch.backends.cpu.get_cpu_capability()
     assert res["status"] == "complete" and res["script"] == script[:-3] and res["device"] == "cpu"
     assert [e["step"] for e in res["evaluations"]] == [400, 800, 1200, 1300]
     for key in ("step", "seconds", "updates_per_second", "team_return", "team_return_std", "extrapolation_error",
