@@ -160,8 +160,8 @@ def _table10() -> Table:
                  note="Datasets built here from the shipped SAC actors (envs/minari_split.py; D4RL itself is not reachable). "
                       "The paper's 'replay' rows need a replay buffer we do not have; the 'expert' datasets have no paper number and "
                       "no row here (`--env-id minari:odmarl/<robot>/expert-v0` runs them). The paper trains 1e6 steps; the "
-                      "reduced scale stops at 5e4 (on the 2-core AMD VM a 2-agent run does about 26-34 updates/s, "
-                      "docs/scaling.md, so 1e5 steps would be about 30 h of wall time for the 81 runs).")
+                      "reduced scale stops at 5e4 (on the 2-core AMD VM the three methods did 26-38 updates/s beside two other runs, "
+                      "docs/scaling.md: 1e5 steps for the 81 runs would be an estimated 30 h of wall time).")
 
 
 def _fig1d() -> Table:

@@ -207,15 +207,14 @@ def smax_runs(tmp_path_factory):
     """MACQL (the defaults) and CQL (--no-vd --no-tn) on the tiny dataset; every SMAX process of the suite shares
     the persistent XLA compilation cache that tests/conftest.py sets up (about 60 s saved a process)."""
     cwd = tmp_path_factory.mktemp("smax")
-    cache = {k: v for k, v in os.environ.items() if k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE"))}
     conftest.run_script("macql.py", cwd, *SMAX, "--exp-name", "macql", "--save-model")
     conftest.run_script("macql.py", cwd, *SMAX, "--exp-name", "cql", "--no-vd", "--no-tn")
-    return cwd, cache
+    return cwd
 
 
 def test_smoke_runs_on_smax_report_the_contracts_metrics_without_an_illegal_action(smax_runs):
     """The SMAX env refuses illegal actions (ValueError): finished evaluations prove the masks held."""
-    cwd, _ = smax_runs
+    cwd = smax_runs
     for name, algorithm in (("macql", "MACQL"), ("cql", "CQL")):
         res, run_dir = conftest.find_run(cwd, name)
         assert res["status"] == "complete" and res["algorithm"] == algorithm and res["script"] == "macql"
@@ -246,9 +245,9 @@ def learned(run_dir):
 def test_a_smax_run_killed_after_a_checkpoint_and_resumed_ends_bit_identical(smax_runs):
     """tests/test_contract.py kills and resumes every script on its small env; this is the same on SMAX (masks,
     the evaluation episodes of seed + step, lambda_tn from the VAEs kept in the training state)."""
-    cwd, cache = smax_runs
+    cwd = smax_runs
     run_dir = cwd / "runs" / "killed"
-    env = {**os.environ, **cache, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     cmd = [sys.executable, str(conftest.ROOT / "macql.py"), "--dataset-dir", str(cwd / "datasets"), *SMAX, "--save-model",
            "--run-name", "killed", "--checkpoint-freq", "20"]
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -287,7 +286,7 @@ def test_evaluation_is_smax_evaluate_team():
 
 
 def test_a_dataset_of_another_map_or_quality_is_refused(smax_runs, monkeypatch):
-    cwd, _ = smax_runs
+    cwd = smax_runs
     built = dataset_folder(cwd, "smax-3m", "random")
     assert (built / "meta.json").exists()
     for env_id, quality in (("smax-3m", "medium"), ("smax-8m", "random")):  # the random 3m files where these belong
@@ -298,13 +297,13 @@ def test_a_dataset_of_another_map_or_quality_is_refused(smax_runs, monkeypatch):
 
 
 def test_a_missing_replay_names_the_command_that_records_it(smax_runs, monkeypatch):
-    cwd, _ = smax_runs  # runs/smax-3m__mappo__1/replay is looked up from the working directory: absent there
+    cwd = smax_runs  # runs/smax-3m__mappo__1/replay is looked up from the working directory: absent there
     message = refusal(monkeypatch, cwd, "--env-id", "smax-3m", "--quality", "replay", *TINY_SMAX)
     assert "no recorded training transitions" in message and "python -m envs.behavior.mappo --env-id smax-3m --weights-dir" in message
     assert "about 4 min" in message  # how long the command takes
 
 
 def test_an_unknown_quality_is_refused(smax_runs, monkeypatch):
-    cwd, _ = smax_runs
+    cwd = smax_runs
     message = refusal(monkeypatch, cwd, "--env-id", "smax-3m", "--quality", "great")
     assert "'great'" in message and "random, medium, replay, expert" in message
