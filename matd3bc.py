@@ -92,8 +92,8 @@ class Args:
     """evaluate the team every this many steps"""
     eval_episodes: int = 100
     """evaluation episodes per evaluation (run side by side)"""
-    batch_size: int = 100
-    """the batch size of each agent"""
+    batch_size: int | None = None
+    """the batch size of each agent (None: the env's preset, PRESETS: 100 on dg and cn, 256 on minari:<id>)"""
     learning_rate: float = 3e-4
     """the learning rate of actors and critics"""
     hidden_dim: int = 256
@@ -130,6 +130,19 @@ class Args:
     """the latent size of both VAEs (the paper's "VAE hidden space")"""
     analysis_states: int = 10_000
     """states sampled from the union of the agents' data for the value-difference metric"""
+
+
+# per-env defaults of the flags left unset (None): the paper's MPE batch (Appendix B) on dg and cn; on a
+# D4RL-style Minari dataset TD3+BC's own (Fujimoto & Gu 2021), since the paper gives none for Table 10
+MPE = dict(batch_size=100)
+PRESETS = {"dg": MPE, "cn": MPE, "minari:": dict(batch_size=256)}
+
+
+def apply_presets(args: Args) -> None:
+    preset = PRESETS["minari:"] if args.env_id.startswith("minari:") else PRESETS.get(args.env_id, MPE)
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def check_args(args: Args) -> None:
@@ -688,6 +701,7 @@ def save_agent_checkpoints(run_dir: Path, agent_ids: list[int], env_kwargs: dict
 
 if __name__ == "__main__":
     args = parse_args()
+    apply_presets(args)
     check_args(args)
     algorithm_name, variant = algorithm(args)
     device = pick_device(args.cuda)

@@ -141,7 +141,7 @@ def machine(found: dict) -> str:
     hosts, cpu_seconds, versions = {}, 0.0, set()
     for results, _ in found.values():
         cpu = results.get("cpu")  # absent before 2026-12-02
-        host = f"{results.get('host')}" + (f", {cpu['model']}, torch {cpu['torch_capability']} kernels" if cpu else "")
+        host = f"{results.get('host')}" + (f", {cpu['model']}, torch {cpu['torch_capability']} kernels" if cpu else ", CPU not recorded")
         hosts[host] = hosts.get(host, 0) + 1
         threads = results.get("threads")
         cpu_seconds += results.get("seconds", 0.0) * (threads if isinstance(threads, int) else 1)

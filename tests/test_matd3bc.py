@@ -131,6 +131,16 @@ def test_agent_state_round_trip():
             assert torch.equal(v[1::3], v2[1::3]), k
 
 
+def test_presets_fill_only_the_flags_left_unset():
+    for env_id, batch in (("dg", 100), ("cn", 100), ("minari:mujoco/hopper/medium-v0", 256), ("minari:odmarl/walker2d/random-v0", 256)):
+        args = matd3bc.Args(env_id=env_id)
+        matd3bc.apply_presets(args)
+        assert args.batch_size == batch  # the paper's MPE batch (Appendix B); TD3+BC's D4RL batch on Minari data
+    args = matd3bc.Args(env_id="minari:mujoco/hopper/medium-v0", batch_size=64)
+    matd3bc.apply_presets(args)
+    assert args.batch_size == 64
+
+
 def test_smoke_run_writes_results_logs_and_checkpoints(tmp_path):
     proc = run_script(tmp_path, *TINY, "--save-model", "--exp-name", "smoke")
     res, run_dir = results(tmp_path, "smoke")
