@@ -196,14 +196,15 @@ def execute(cmd: list[str], cwd: str, log: str, threads: int = 1) -> int:
             raise
 
 
-def progress(start: float, counts: dict, durations: list[float], slots: int) -> str:
-    """One line: runs done / running / queued / failed / skipped, and an ETA from the mean duration of the
-    runs finished so far, assuming the rest run `slots` at a time."""
+def progress(start: float, counts: dict) -> str:
+    """One line: runs done / running / queued / failed / skipped, and an ETA from the rate at which runs
+    have finished here so far. (Every run is submitted at the start, so a run's time since submission
+    counts its wait in the queue too: the mean of those would grow with the queue.)"""
     line = (f"[{time.strftime('%H:%M:%S')} +{(time.time() - start) / 60:.1f} min] done {counts['done']}, "
             f"running {counts['running']}, queued {counts['queued']}, failed {counts['failed']}, skipped {counts['skipped']}")
     left = counts["running"] + counts["queued"]
-    if durations and left:
-        line += f", ETA {sum(durations) / len(durations) * left / max(1, min(slots, left)) / 60:.1f} min"
+    if counts["done"] and left:
+        line += f", ETA {(time.time() - start) / counts['done'] * left / 60:.1f} min"
     return line
 
 
@@ -227,7 +228,7 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
           f"{sum(states[r.name] == 'resumable' for r in todo)} to resume, {sum(states[r.name] == 'new' for r in todo)} to start",
           flush=True)
     counts["skipped"] += len(busy)
-    start, attempts, pending, failed, durations = time.time(), {}, {}, [], []
+    start, attempts, pending, failed = time.time(), {}, {}, []
 
     def submit(run):
         attempts[run.name] = attempts.get(run.name, 0) + 1
@@ -239,7 +240,7 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
         counts["running"] = min(len(pending), slots)
         counts["queued"] = len(pending) - counts["running"]
-        print(progress(start, counts, durations, slots), flush=True)
+        print(progress(start, counts), flush=True)
 
     try:
         for run in todo:
@@ -250,7 +251,7 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
                 raise KeyboardInterrupt
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1)
             for ref in ready:
-                run, began = pending.pop(ref)
+                run, _ = pending.pop(ref)
                 try:
                     code = ray.get(ref)
                 except ray.exceptions.RayError as e:  # the worker or its node died
@@ -258,7 +259,6 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
                 if code == 0 and state(runs_root / run.name, run.steps) == "complete":
                     counts["done"] += 1
                     archive_run(archive, run, runs_root)
-                    durations.append(time.time() - began)
                 elif attempts[run.name] <= retries:
                     print(f"run {run.name} failed (exit {code}); retry {attempts[run.name]} of {retries}, resuming", flush=True)
                     submit(run)

@@ -68,6 +68,13 @@ def test_dry_run_prints_the_commands_with_their_flags(capsys, tmp_path):
     assert sum("--no-vd --no-tn --seed" in x for x in lines) == 1 and sum("--behavior" in x for x in lines) == 1
 
 
+def test_the_eta_comes_from_the_rate_runs_finish_at_not_from_their_time_in_the_queue():
+    # 6 runs finished in the first hour, 12 left: two more hours, however long each waited to start
+    line = grid.progress(time.time() - 3600, dict(done=6, running=2, queued=10, failed=0, skipped=4))
+    assert "done 6, running 2, queued 10, failed 0, skipped 4" in line and line.endswith("ETA 120.0 min")
+    assert "ETA" not in grid.progress(time.time() - 60, dict(done=0, running=2, queued=10, failed=0, skipped=0))
+
+
 def write_results(run_dir: Path, **fields):
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "results.json").write_text(json.dumps({"host": os.uname().nodename, **fields}))
