@@ -234,7 +234,7 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
         attempts[run.name] = attempts.get(run.name, 0) + 1
         run_dir = runs_root / run.name
         ref = task.remote(command(run, run_dir, threads, dataset_dir), str(ROOT), str(run_dir / "log.txt"), threads)
-        pending[ref] = (run, time.time())
+        pending[ref] = run
 
     def report_progress():
         slots = max(1, int(ray.cluster_resources().get("CPU", 1)) // threads)
@@ -251,7 +251,7 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
                 raise KeyboardInterrupt
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=1)
             for ref in ready:
-                run, _ = pending.pop(ref)
+                run = pending.pop(ref)
                 try:
                     code = ray.get(ref)
                 except ray.exceptions.RayError as e:  # the worker or its node died
@@ -274,7 +274,7 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
     except KeyboardInterrupt:
         print(f"interrupted: stopping {len(pending)} runs (they record themselves as interrupted); "
               "rerun the same command to resume them", flush=True)
-        for run, _ in pending.values():  # runs on this node: SIGTERM them directly, not only through Ray's cancel
+        for run in pending.values():  # runs on this node: SIGTERM them directly, not only through Ray's cancel
             terminate_local(runs_root / run.name)
         for ref in pending:
             ray.cancel(ref)
