@@ -151,6 +151,26 @@ def machine(found: dict) -> str:
             f"summed over resumes). Report written on {platform.platform()}, {os.cpu_count()} cores.")
 
 
+def datasets(cells: dict) -> str:
+    """Which dataset each run of a group learned from (results.json `dataset.fingerprint`: the SHA-256 of every agent's
+    file, shown by its first 8 hex digits). The same recipe built on two machines can give other bytes
+    (docs/datasets.md), so a group whose runs used more than one dataset says so, and which seeds used which."""
+    used = {}  # fingerprint label -> {seed: runs}
+    for cell in cells.values():
+        for results, _ in cell:
+            fingerprint = (results.get("dataset") or {}).get("fingerprint")
+            label = "/".join(f"`{h[:8]}`" for _, h in sorted(fingerprint.items())) if isinstance(fingerprint, dict) else "not recorded"
+            seed = (results.get("args") or {}).get("seed")
+            used.setdefault(label, {}).setdefault(seed, 0)
+            used[label][seed] += 1
+    if len(used) == 1:
+        return f"Dataset (SHA-256 of each agent's file, first 8 hex digits): {next(iter(used))}, every run."
+    parts = [f"{label}: seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in sorted(seeds, key=str))} "
+             f"({sum(seeds.values())} runs)" for label, seeds in sorted(used.items(), key=lambda kv: -sum(kv[1].values()))]
+    return (f"**The runs of this group learned from {len(used)} different datasets** (one recipe, built on different "
+            f"machines, docs/datasets.md; SHA-256 of each agent's file, first 8 hex digits): " + "; ".join(parts) + ".")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", help=f"one of {', '.join(specs.TABLES)} (or a name for --spec-file)")
@@ -196,6 +216,7 @@ def main(argv=None) -> int:
                 row = [method, "missing", "", *("" for _ in group.extra_metrics)]
             lines.append("| " + " | ".join([*row, group.paper.get(method, "")]) + " |")
         if any(cells.values()):
+            lines += ["", datasets(cells)]
             image = out / "img" / f"{args.table}_{gname}.png"
             curves(image, f"{args.table}: {group.name}", {m: [[e for e in r["evaluations"] if e["step"] <= steps] for r, _ in c]
                                                           for m, c in cells.items() if c}, group.metric)

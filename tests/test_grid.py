@@ -263,6 +263,29 @@ def test_the_report_averages_the_value_difference_along_training_as_table_6_does
     assert "| m | 0.00 ± 0.00 (2) | 0.00 [0.00, 0.00] | 4.00 ± 2.00 | 15.00 ± 5.00 |" in text
 
 
+def test_the_report_names_each_groups_datasets_and_says_when_its_runs_used_more_than_one(tmp_path):
+    spec = {"title": "ds", "groups": [{"name": g, "flags": ["--env-id", "x"], "methods": {"a": ["matd3bc.py", []], "b": ["matd3bc.py", []]},
+                                       "steps": {"reduced": 100, "paper": 100}, "seeds": {"reduced": [1, 2, 3], "paper": [1, 2, 3]}}
+                                      for g in ("one", "two")]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    same = {"agent_0.npz": "91625f60" + "0" * 56, "agent_1.npz": "c0e18ef8" + "0" * 56}
+    other = {"agent_0.npz": "6439127a" + "1" * 56, "agent_1.npz": "3e3384cf" + "1" * 56}
+    for group in ("one", "two"):
+        for seed in (1, 2, 3):
+            for method in ("a", "b"):
+                fingerprint = other if (group, seed) == ("two", 1) else same  # group two: seed 1 built elsewhere
+                evaluation = {"step": 100, "team_return": 1.0}
+                write_results(tmp_path / "runs" / "ds" / f"{group}__{method}__s{seed}", status="complete",
+                              args={"total_steps": 100, "seed": seed}, evaluations=[evaluation], final=evaluation,
+                              dataset={"path": "datasets/x", "fingerprint": fingerprint})
+    assert report.main(["ds", "--spec-file", str(tmp_path / "spec.json"), "--runs-root", str(tmp_path / "runs"),
+                        "--out", str(tmp_path / "docs"), "--reps", "50"]) == 0
+    one, two = (tmp_path / "docs" / "results" / "ds.md").read_text().split("## two")
+    assert "Dataset (SHA-256 of each agent's file, first 8 hex digits): `91625f60`/`c0e18ef8`, every run." in one
+    assert "**The runs of this group learned from 2 different datasets**" in two
+    assert "`91625f60`/`c0e18ef8`: seeds 2, 3 (4 runs); `6439127a`/`3e3384cf`: seed 1 (2 runs)." in two
+
+
 def test_the_archive_is_tracked_by_git_and_the_runs_root_is_not():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
