@@ -70,6 +70,8 @@ class Args:
     """multi-agent MuJoCo: std of the Gaussian noise on the behaviour actions (Appendix B's "small noise")"""
     behavior_dir: str | None = None
     """folder holding the behaviour policies, <env-id>/{early,intermediate,expert}.pt or {medium,expert}.npz (default: envs/behavior/weights)"""
+    actor_dtype: str | None = None
+    """multi-agent MuJoCo: the behaviour actors' arithmetic, float64 (default: the same bytes on any x86 CPU) or float32 (datasets before 2026-12-02)"""
 
 
 def main(args: Args) -> None:

@@ -50,6 +50,9 @@ RECIPE_DEFAULTS = dict(  # how the datasets are made: envs/recipes/mamujoco.py
     noise_std=0.1,  # std of the Gaussian noise on every agent's action in the last three parts
     episode_len=1000,  # dataset episodes end on this time limit (timeout), if they do not terminate first
     behavior_dir="",  # folder holding <env id>/{early,intermediate,expert}.pt; "" = the weights shipped in envs/behavior/weights
+    # the behaviour actors' arithmetic: float64 rounds every action to the same float32 on any x86 CPU (float32 gives
+    # other bytes under another BLAS code path: MKL's dispatch; envs/recipes/mamujoco.py); "float32": datasets before 2026-12-02
+    actor_dtype="float64",
 )
 TASKS = {
     # env id: mamujoco scenario and partition, D4RL's random and expert reference returns

@@ -332,6 +332,37 @@ def test_collection_is_reproducible_from_its_seed(behavior_dir):
     assert not np.array_equal(first["states"][:100], other["states"][:100])  # the early parts: same policies, own episodes
 
 
+# The shipped HalfCheetah actors, 3000 transitions per agent, float64 actors: agent_0.npz's SHA-256 as built on an Intel
+# Xeon VM (2026-12-02) under MKL's AVX-512, AVX2 and SSE4.2 paths alike. Another machine must build the same bytes.
+PORTABLE_HALFCHEETAH_3000 = "2f96d216122597f99b32e1d78b69081d83ff32fb77749708b62b76ee724bc564"
+
+
+def test_a_dataset_has_the_same_bytes_under_every_blas_code_path(tmp_path):
+    """The episodes are chaotic: one action that differs in its last bit makes another dataset. With float32 actors
+    MKL's kernel choice (by CPU, or MKL_ENABLE_INSTRUCTIONS) changed the bytes; the float64 default must not."""
+    hashes = {}
+    for name, setting in (("default", {}), ("avx2", {"MKL_ENABLE_INSTRUCTIONS": "AVX2"}),
+                          ("sse4_2", {"MKL_ENABLE_INSTRUCTIONS": "SSE4_2"}), ("aten_default", {"ATEN_CPU_CAPABILITY": "default"})):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "envs.collect", "--env-id", "halfcheetah-2x3", "--n-transitions", "3000",
+                               "--dataset-dir", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", **setting})
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        meta = json.loads(next(out.glob("halfcheetah-2x3-*/meta.json")).read_text())
+        assert meta["recipe"]["actor_dtype"] == "float64"
+        hashes[name] = meta["content_sha256"]["agent_0.npz"]
+    assert len(set(hashes.values())) == 1, hashes
+    assert hashes["default"] == PORTABLE_HALFCHEETAH_3000, (
+        f"this machine built {hashes['default']}, the Intel VM of 2026-12-02 {PORTABLE_HALFCHEETAH_3000}: the datasets are "
+        "not portable to this CPU (docs/datasets.md)")
+
+
+def test_an_unknown_actor_dtype_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(InputError, match="actor_dtype must be float64 or float32, not 'float16'"):
+        dataset.build("hopper-3x1", {}, {"n_transitions": 100, "actor_dtype": "float16"}, str(tmp_path))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_short_episode_limit_ends_in_timeouts(behavior_dir):
     env = envs.make("ant-2x4")
     d = mamujoco_recipe.collect(env, 0, n_transitions=200, seed=0, noise_std=0.1, episode_len=30, behavior_dir=str(behavior_dir))

@@ -51,20 +51,22 @@ def load_behavior(env: MultiAgentMuJoCo, behavior_dir: str = "") -> dict:
 
 
 def behavior_policy(env, actors, agent_id, own_level, others_level, noise_std, rng):
-    """The joint policy of one mixture part: states [n, state_dim] -> joint actions [n, joint_act_dim].
+    """The joint policy of one mixture part: states [n, state_dim] -> joint actions [n, joint_act_dim] (float32).
 
     The early part samples the SAC policy (tanh of a Gaussian); the others act with the
-    actors' deterministic actions (tanh of the mean) plus N(0, noise_std^2) noise, clipped."""
+    actors' deterministic actions (tanh of the mean) plus N(0, noise_std^2) noise, clipped.
+    The actors compute in their own dtype (`actor_dtype` of the recipe: float64 by default, see `collect`)."""
     import torch
 
     levels = [own_level if j == agent_id else others_level for j in range(env.n_agents)]
+    dtype = next(iter(actors.values())).fc1.weight.dtype
 
     @torch.no_grad()
     def policy(states: np.ndarray) -> np.ndarray:
-        obs = torch.as_tensor(states, dtype=torch.float32)
+        obs = torch.as_tensor(states, dtype=dtype)
         if own_level == "early":
-            noise = torch.as_tensor(rng.standard_normal((len(states), env.joint_act_dim)), dtype=torch.float32)
-            return actors["early"].act(obs, noise).numpy()
+            noise = torch.as_tensor(rng.standard_normal((len(states), env.joint_act_dim)), dtype=dtype)
+            return actors["early"].act(obs, noise).numpy().astype(np.float32)
         means = {level: env.split(actors[level].act(obs).numpy()) for level in set(levels)}
         joint = env.merge([means[level][j] for j, level in enumerate(levels)])
         return np.clip(joint + noise_std * rng.standard_normal(joint.shape), -1.0, 1.0).astype(np.float32)
@@ -128,17 +130,29 @@ def rollout(env: MultiAgentMuJoCo, policy, count: int, episode_len: int, rng, pr
 
 
 def collect(env: MultiAgentMuJoCo, agent_id: int, n_transitions: int, seed: int, noise_std: float,
-            episode_len: int, behavior_dir: str, progress=None) -> dict:
+            episode_len: int, behavior_dir: str, actor_dtype: str = "float64", progress=None) -> dict:
     """Agent `agent_id`'s dataset: the Appendix-B mixture, from its own episodes (stream [seed, agent_id]).
 
     Besides the arrays every dataset has, `mixture_part` [n] int8 says which MIXTURE part
     each transition comes from (0 early, 1 own intermediate, 2 own expert, 3 all expert),
-    for analysis only, like `states`."""
+    for analysis only, like `states`.
+
+    The same bytes on every x86 machine: the episodes are chaotic, so one action that differs in its last bit
+    gives another dataset. MuJoCo's physics (float64) and numpy's random streams are the same everywhere, but
+    a float32 actor's matrix products are not: torch calls MKL, whose kernel depends on the CPU (on one Intel
+    VM, halfcheetah-2x3's agent_0.npz hashed 91625f60 with MKL's AVX-512 path, 84d8b549 with
+    MKL_ENABLE_INSTRUCTIONS=AVX2, bf5d60c4 with AVX or SSE4_2; an AMD VM built 6439127a). In float64 the
+    kernels differ by ~1e-16, far below the float32 rounding of the stored action, so every path rounds to
+    the same action (tests/test_mamujoco.py builds under several MKL paths and compares bytes)."""
     import torch
 
     if n_transitions <= 0 or episode_len <= 0 or noise_std < 0:
         raise envs.InputError("mamujoco datasets need n_transitions > 0, episode_len > 0 and noise_std >= 0")
+    if actor_dtype not in ("float64", "float32"):
+        raise envs.InputError(f"actor_dtype must be float64 or float32, not {actor_dtype!r}")
     actors = load_behavior(env, behavior_dir)
+    if actor_dtype == "float64":
+        actors = {level: actor.double() for level, actor in actors.items()}
     rng = np.random.default_rng([seed, agent_id])
     shares = [share for share, _, _ in MIXTURE]
     counts = [int(round(share * n_transitions)) for share in shares[:-1]]
@@ -201,7 +215,9 @@ class Task:
         return make(self.env_id, **env_kwargs)
 
     def preflight(self, env: MultiAgentMuJoCo, recipe: dict) -> None:
-        """The behaviour actors exist and fit the robot: checked before a dataset folder is made."""
+        """The behaviour actors exist and fit the robot, and their dtype is known: checked before a dataset folder is made."""
+        if recipe["actor_dtype"] not in ("float64", "float32"):
+            raise envs.InputError(f"actor_dtype must be float64 or float32, not {recipe['actor_dtype']!r}")
         load_behavior(env, recipe["behavior_dir"])
 
     def fingerprint(self, recipe: dict) -> str | None:
