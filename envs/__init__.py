@@ -76,6 +76,7 @@ NON_NEGATIVE = ("noise_std",)
 UNIT = ("uniform_prob",)
 FINITE = ("start_low", "start_high", "reward_scale")
 TEXT = ("obs", "quality", "payoff", "behavior", "behavior_dir", "replay_dir", "partition")
+CHOICES = {"actor_dtype": ("float64", "float32")}
 
 
 def check_ranges(env_id: str, options: dict) -> None:
@@ -101,6 +102,8 @@ def check_ranges(env_id: str, options: dict) -> None:
             raise InputError(f"{env_id}: {flag} must lie in [0, 1], got {value}")
         if name in TEXT and not isinstance(value, str):
             raise InputError(f"{env_id}: {flag} must be a string, got {value!r}")
+        if name in CHOICES and value not in CHOICES[name]:
+            raise InputError(f"{env_id}: {flag} must be one of {', '.join(CHOICES[name])}, got {value!r}")
 
 
 def resolve(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None) -> tuple[dict, dict]:

@@ -97,6 +97,7 @@ BAD = {
     envs.UNIT: [-0.1, 1.5, float("nan")],
     envs.FINITE: [float("nan"), float("inf"), "1"],
     envs.TEXT: [3, 1.5],
+    tuple(envs.CHOICES): ["float16", 3],
 }
 
 

@@ -358,7 +358,7 @@ def test_a_dataset_has_the_same_bytes_under_every_blas_code_path(tmp_path):
 
 
 def test_an_unknown_actor_dtype_is_refused_before_anything_is_written(tmp_path):
-    with pytest.raises(InputError, match="actor_dtype must be float64 or float32, not 'float16'"):
+    with pytest.raises(InputError, match="hopper-3x1: --actor-dtype must be one of float64, float32, got 'float16'"):
         dataset.build("hopper-3x1", {}, {"n_transitions": 100, "actor_dtype": "float16"}, str(tmp_path))
     assert list(tmp_path.iterdir()) == []
 

@@ -148,8 +148,8 @@ def collect(env: MultiAgentMuJoCo, agent_id: int, n_transitions: int, seed: int,
 
     if n_transitions <= 0 or episode_len <= 0 or noise_std < 0:
         raise envs.InputError("mamujoco datasets need n_transitions > 0, episode_len > 0 and noise_std >= 0")
-    if actor_dtype not in ("float64", "float32"):
-        raise envs.InputError(f"actor_dtype must be float64 or float32, not {actor_dtype!r}")
+    if actor_dtype not in envs.CHOICES["actor_dtype"]:
+        raise envs.InputError(f"--actor-dtype must be one of {', '.join(envs.CHOICES['actor_dtype'])}, got {actor_dtype!r}")
     actors = load_behavior(env, behavior_dir)
     if actor_dtype == "float64":
         actors = {level: actor.double() for level, actor in actors.items()}
@@ -215,9 +215,7 @@ class Task:
         return make(self.env_id, **env_kwargs)
 
     def preflight(self, env: MultiAgentMuJoCo, recipe: dict) -> None:
-        """The behaviour actors exist and fit the robot, and their dtype is known: checked before a dataset folder is made."""
-        if recipe["actor_dtype"] not in ("float64", "float32"):
-            raise envs.InputError(f"actor_dtype must be float64 or float32, not {recipe['actor_dtype']!r}")
+        """The behaviour actors exist and fit the robot: checked before a dataset folder is made."""
         load_behavior(env, recipe["behavior_dir"])
 
     def fingerprint(self, recipe: dict) -> str | None:
