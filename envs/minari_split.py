@@ -199,11 +199,12 @@ def build(robot: str, quality: str, n_steps: int = 1_000_000, seed: int = 0, beh
 
     def sampled(level):
         actor, _ = load_actor(folder / f"{level}.pt")
+        actor.double()  # float64, rounded to float32 actions: the same bytes on every x86 CPU (envs/recipes/mamujoco.py)
 
         @torch.no_grad()
         def policy(states):
-            noise = torch.as_tensor(rng.standard_normal((len(states), env.joint_act_dim)), dtype=torch.float32)
-            return actor.act(torch.as_tensor(states, dtype=torch.float32), noise).numpy()
+            noise = torch.as_tensor(rng.standard_normal((len(states), env.joint_act_dim)), dtype=torch.float64)
+            return actor.act(torch.as_tensor(states, dtype=torch.float64), noise).numpy().astype(np.float32)
         return policy
 
     policies = dict(random=lambda s: rng.uniform(-1, 1, (len(s), env.joint_act_dim)).astype(np.float32),
