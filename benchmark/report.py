@@ -10,7 +10,8 @@ and from each the evaluation at the scale's step (the last one, or an earlier on
 trained longer); the others are listed as missing, with why. Per cell: mean ± std over seeds
 of that evaluation's metric, n, and the interquartile mean with a 95% stratified bootstrap
 interval over seeds (rliable, Agarwal et al. 2021); for tables whose cells share one scale,
-also an IQM per method over every group and seed. Curves: mean ± std over seeds, x = step.
+also an IQM per method over every group and seed. Curves: mean ± std over seeds, x = step. Per group, the
+datasets its runs learned from (results.json `dataset.fingerprint`), flagged when they are more than one.
 """
 
 import argparse
