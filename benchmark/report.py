@@ -154,8 +154,9 @@ def machine(found: dict) -> str:
 
 def datasets(cells: dict) -> str:
     """Which dataset each run of a group learned from (results.json `dataset.fingerprint`: the SHA-256 of every agent's
-    file, shown by its first 8 hex digits). The same recipe built on two machines can give other bytes
-    (docs/datasets.md), so a group whose runs used more than one dataset says so, and which seeds used which."""
+    file, shown by its first 8 hex digits). Another recipe, or before 2026-12-02 the same recipe built on another
+    machine (docs/datasets.md), gives other bytes: a group whose runs used more than one dataset says so, and which seeds
+    used which."""
     used = {}  # fingerprint label -> {seed: runs}
     for cell in cells.values():
         for results, _ in cell:
@@ -166,10 +167,10 @@ def datasets(cells: dict) -> str:
             used[label][seed] += 1
     if len(used) == 1:
         return f"Dataset (SHA-256 of each agent's file, first 8 hex digits): {next(iter(used))}, every run."
-    parts = [f"{label}: seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in sorted(seeds, key=str))} "
+    parts = [f"{label}: seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0)))} "
              f"({sum(seeds.values())} runs)" for label, seeds in sorted(used.items(), key=lambda kv: -sum(kv[1].values()))]
-    return (f"**The runs of this group learned from {len(used)} different datasets** (one recipe, built on different "
-            f"machines, docs/datasets.md; SHA-256 of each agent's file, first 8 hex digits): " + "; ".join(parts) + ".")
+    return (f"**The runs of this group learned from {len(used)} different datasets** (SHA-256 of each agent's file, "
+            f"first 8 hex digits; docs/datasets.md): " + "; ".join(parts) + ".")
 
 
 def main(argv=None) -> int:

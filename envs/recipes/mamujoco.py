@@ -130,7 +130,7 @@ def rollout(env: MultiAgentMuJoCo, policy, count: int, episode_len: int, rng, pr
 
 
 def collect(env: MultiAgentMuJoCo, agent_id: int, n_transitions: int, seed: int, noise_std: float,
-            episode_len: int, behavior_dir: str, actor_dtype: str = "float64", progress=None) -> dict:
+            episode_len: int, behavior_dir: str, actor_dtype: str = RECIPE_DEFAULTS["actor_dtype"], progress=None) -> dict:
     """Agent `agent_id`'s dataset: the Appendix-B mixture, from its own episodes (stream [seed, agent_id]).
 
     Besides the arrays every dataset has, `mixture_part` [n] int8 says which MIXTURE part
@@ -150,11 +150,7 @@ def collect(env: MultiAgentMuJoCo, agent_id: int, n_transitions: int, seed: int,
 
     if n_transitions <= 0 or episode_len <= 0 or noise_std < 0:
         raise envs.InputError("mamujoco datasets need n_transitions > 0, episode_len > 0 and noise_std >= 0")
-    if actor_dtype not in envs.CHOICES["actor_dtype"]:
-        raise envs.InputError(f"--actor-dtype must be one of {', '.join(envs.CHOICES['actor_dtype'])}, got {actor_dtype!r}")
-    actors = load_behavior(env, behavior_dir)
-    if actor_dtype == "float64":
-        actors = {level: actor.double() for level, actor in actors.items()}
+    actors = {level: actor.to(getattr(torch, actor_dtype)) for level, actor in load_behavior(env, behavior_dir).items()}  # checked by envs.resolve
     rng = np.random.default_rng([seed, agent_id])
     shares = [share for share, _, _ in MIXTURE]
     counts = [int(round(share * n_transitions)) for share in shares[:-1]]
