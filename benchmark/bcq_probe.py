@@ -46,7 +46,8 @@ class NoPerturbation(torch.nn.Module):
 
 
 def load_run(run_dir: Path):
-    """(args, step, modules' state dicts) of a finished or interrupted BCQ-row run, or a one-line InputError."""
+    """(args, step, modules' state dicts, lambda_tn or None) of a finished or interrupted BCQ-row run, or a one-line
+    InputError. lambda_tn is the run's own, as it trained with it (capped at --tn-max)."""
     path = run_dir / "checkpoint.pt"
     if not path.is_file():
         raise InputError(f"{run_dir}: no checkpoint.pt; give the folder of a mabcq_continuous.py run (runs/<run_name>)")
@@ -56,25 +57,33 @@ def load_run(run_dir: Path):
     args = M.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["args"].items()})
     if args.ddpg or args.behavior:
         raise InputError(f"{run_dir}: a {M.algorithm(args)[0]} run has no BCQ acting rule; give a MABCQ or BCQ-row run")
-    return args, ckpt["step"], ckpt["modules"]
+    return args, ckpt["step"], ckpt["modules"], ckpt.get("lambda_tn")
 
 
-@torch.no_grad()
-def probe(run_dir: Path, episodes: int | None, shift_states: int) -> dict:
-    args, step, modules = load_run(run_dir)
+def load_team(run_dir: Path):
+    """A BCQ-row run's trained team on CPU: (args, step, env, the agents' datasets as loaded, the stacked data,
+    G1, the networks, the target networks, lambda_tn or None), every module with the run's last checkpoint's weights."""
+    args, step, modules, lambda_tn = load_run(run_dir)
     env = envs.make(args.env_id, eval_episode_len=args.eval_episode_len)
     n_agents, obs_dim, act_dim = env.n_agents, env.obs_dims[0], env.act_dims[0]
     agent_ids = list(range(n_agents))
     recipe = {"n_transitions": args.n_transitions, "episode_len": args.episode_len, "behavior_dir": args.behavior_dir}
     _, agent_data, _ = datasets.load(args.env_id, envs.resolve(args.env_id, {})[0], recipe, args.dataset_dir, agent_ids)
     data = M.stack_agent_data([agent_data[i] for i in agent_ids], args.normalize_obs, "cpu")
-
     generators = M.agent_generators(args.seed, agent_ids, "cpu")
     g1, _ = M.make_generative_models(args, obs_dim, act_dim, generators, "cpu")
     nets = M.make_networks(args, obs_dim, act_dim, generators, "cpu")
+    targets = M.make_networks(args, obs_dim, act_dim, generators, "cpu")
     g1.load_state_dict(modules["g1"])
-    for k, module in nets.items():
-        module.load_state_dict(modules[k])
+    for k in nets:
+        nets[k].load_state_dict(modules[k])
+        targets[k].load_state_dict(modules[f"{k}_target"])
+    return args, step, env, agent_data, data, g1, nets, targets, lambda_tn
+
+
+@torch.no_grad()
+def probe(run_dir: Path, episodes: int | None, shift_states: int) -> dict:
+    args, step, env, _, data, g1, nets, _, _ = load_team(run_dir)
     xi, critic = nets["xi"], nets["critic"]
 
     seed = args.seed + step  # the run's last evaluation: its policy stream and episodes
@@ -136,6 +145,13 @@ def table(probes: list[dict]) -> list[str]:
     return rows
 
 
+def write_json(path: Path, obj) -> None:
+    """Write obj to path as JSON through a temporary name, so no half-written file is ever left."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    tmp.replace(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help="folders of MABCQ / BCQ-row runs of mabcq_continuous.py")
@@ -154,9 +170,7 @@ def main() -> None:
     print(f"D4RL-normalised score, mean ± std over episodes; n = {probes[0]['n']}\n")
     print("\n".join(table(probes)))
     if a.out:
-        tmp = a.out.with_name(a.out.name + ".tmp")
-        tmp.write_text(json.dumps(probes, indent=1))
-        tmp.replace(a.out)
+        write_json(a.out, probes)
 
 
 if __name__ == "__main__":

@@ -363,6 +363,36 @@ def test_bcq_probe_reproduces_the_runs_own_evaluation_and_behaviors_and_refuses_
     assert "DDPG run has no BCQ acting rule" in conftest.one_line_error(refused)
 
 
+def test_weights_by_part_covers_every_transition_and_refuses_other_rows(tiny, rows):
+    """benchmark/weights_by_part.py on the MABCQ row with every transition of every part: the parts' lambda_tn means,
+    weighted by the parts' sizes, give the run's own whole-dataset mean (results.json, another code path); lambda_vd
+    stays in [1 - eps, 1 + eps]; a BCQ row has lambda_tn 1; DDPG is refused in one line."""
+    root = tiny[0]
+    script = str(conftest.ROOT / "benchmark" / "weights_by_part.py")
+    (res, mabcq_dir, _), (_, bcq_dir, _) = rows["MABCQ"], rows["BCQ"]
+    out = root / "weights.json"
+    proc = subprocess.run([sys.executable, script, str(mabcq_dir), str(bcq_dir), "--per-part", "5000", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mabcq, bcq = json.loads(out.read_text())
+    eps = res["args"]["epsilon"]
+    for agent, parts in mabcq["agents"].items():
+        assert list(parts) == ["all early", "own intermediate + others expert", "own expert + others intermediate", "all expert"]
+        sizes = np.array([v["n"] for v in parts.values()])
+        assert sizes.sum() == 2000  # every transition once
+        whole = res["lambda_tn"][agent]
+        assert whole["capped"] == 0  # so the checkpoint's capped lambda_tn is the summary's uncapped one
+        mean_tn = (sizes * np.array([v["lambda_tn_mean"] for v in parts.values()])).sum() / sizes.sum()
+        assert mean_tn == pytest.approx(whole["mean"], rel=1e-5)
+        for v in parts.values():
+            assert 1 - eps - 1e-6 <= v["lambda_vd_mean"] <= 1 + eps + 1e-6 and 0 <= v["lambda_vd_clipped"] <= 1
+            assert 0 <= v["lambda_vd_in_paper_range"] <= 1 and 0 <= v["lambda_tn_in_paper_range"] <= 1
+    assert all(v["lambda_tn_mean"] == 1 for parts in bcq["agents"].values() for v in parts.values())
+    assert f"| {mabcq_dir.name} | 0 | all expert | " in proc.stdout
+    refused = subprocess.run([sys.executable, script, str(rows["DDPG"][1])], capture_output=True, text=True, timeout=300, cwd=root)
+    assert "DDPG run has no BCQ acting rule" in conftest.one_line_error(refused)
+
+
 def test_bcq_probe_g1_stats_by_hand():
     """The spread of G1's samples is the population std over the n samples (decode clips z to [-0.5, 0.5] as
     BCQ does), averaged over states and agents; mu_sq_median the median over states of ||mu1||^2, averaged over agents."""
