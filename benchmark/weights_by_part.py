@@ -14,12 +14,12 @@ the paper says, the parts where the others played expert should get weights abov
 others played intermediate.
 
 For each agent and part, on `--per-part` transitions drawn at random from that part (fixed seed), this
-prints the mean lambda_vd as the run trains with it and its mean distance from 1 (clipped to [1 - eps, 1 + eps], from the target
-networks at the run's last checkpoint, exactly `value_deviation`; terminal transitions have 1), the share
-of unclipped lambda_vd inside the paper's [0.2, 1.4], the share clipped, the mean lambda_tn (the run's
-own, as it trained with it: from its checkpoint, capped at --tn-max) and the mean product. Runs without lambda_vd
-(`--no-vd`) still get lambda_vd from their own critics (what it would be), and runs without lambda_tn
-show 1. Evaluation only, one torch thread, a few seconds per run.
+prints the mean lambda_vd as the run trains with it (clipped to [1 - eps, 1 + eps], from the target networks
+at the run's last checkpoint, exactly `value_deviation`; terminal transitions have 1) and its mean distance
+from 1, the share of unclipped lambda_vd inside the paper's [0.2, 1.4], the share clipped, the mean lambda_tn
+(the run's own, as it trained with it: from its checkpoint, capped at --tn-max) and the mean product. Runs
+without lambda_vd (`--no-vd`) still get lambda_vd from their own critics (what it would be), and runs without
+lambda_tn show 1. Evaluation only, one torch thread; about 40 s per Ant run at the default --per-part.
 """
 
 import argparse
