@@ -199,3 +199,38 @@ def test_bad_input_gives_one_line_error(tmp_path, flags, message):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cn_probe_reproduces_the_runs_own_evaluation_and_refuses_other_folders(tmp_path):
+    """benchmark/cn_probe.py on a tiny cn run: on the run's last evaluation's episodes the trained team is that
+    evaluation, bit for bit; the stand-still team is a = 0 rolled out by hand; a folder with no cn run is refused."""
+    run_script(tmp_path, *TINY, "--env-id", "cn", "--exp-name", "cnprobe")
+    res, run_dir = results(tmp_path, "cnprobe")
+    out = tmp_path / "probe.json"
+    script = str(ROOT / "benchmark" / "cn_probe.py")
+    proc = subprocess.run([sys.executable, script, str(run_dir), "--states", "100", "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (p,) = json.loads(out.read_text())
+    assert p["episodes"] == 5 and p["step"] == 300 and p["env_seed"] == 1 + 300
+    assert p["teams"]["trained"]["team_return"] == res["final"]["team_return"]
+    import envs
+
+    env = envs.make("cn")
+    env.reset(5, np.random.default_rng(p["env_seed"]))
+    still = sum(env.step([np.zeros((5, 2), np.float32)] * 4)[1].astype(np.float64) for _ in range(25))
+    assert p["teams"]["stand still"]["team_return"] == pytest.approx(still.mean(), rel=1e-12)
+    assert 0 <= p["mean_abs_action"] <= 1 and p["data_mean_abs_action"] == pytest.approx(0.5, abs=0.05)
+    assert all(-1 <= c <= 1 for c in p["nearest_landmark_cosine"]) and len(p["nearest_landmark_cosine"]) == 4
+    assert "| " + run_dir.name + " | " in proc.stdout
+    refused = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert "no checkpoint.pt" in conftest.one_line_error(refused)
+
+
+def test_cn_probe_nearest_landmark_cosine_by_hand():
+    from benchmark import cn_probe
+
+    obs = np.zeros((3, 24))
+    obs[:, 4:12] = [[3, 0, 0, 1, 5, 5, -4, 0]] * 3  # landmarks relative to the agent; the nearest is (0, 1)
+    act = np.array([[0.0, 0.5], [1.0, 0.0], [0.0, 0.0]])  # straight to it (1), across (0), standing still (0)
+    assert cn_probe.nearest_landmark_cosine(obs, act) == pytest.approx(1 / 3)
