@@ -5,6 +5,7 @@
 
 Teams, every agent on its own observation (envs/cn.py: [v_i, p_i, l_j - p_i, p_k - p_i, comm]):
 - uniform: a_i uniform on [-1, 1]^2, the behaviour policy of the cn datasets;
+- stand still: a_i = 0, the mean action of the cn datasets (what behaviour cloning alone converges to);
 - nearest landmark: each agent steers to the landmark nearest to it (agents may pile onto one);
 - landmark i: agent i steers to landmark i, so the four landmarks are covered by construction.
 Steering is a = clip(2 (l - p_i) - 0.5 v_i, -1, 1) (a hand-set PD rule, not tuned).
@@ -31,6 +32,10 @@ def uniform(i, obs, rng):
     return rng.uniform(-1, 1, (len(obs), 2)).astype(np.float32)
 
 
+def stand_still(i, obs, rng):
+    return np.zeros((len(obs), 2), np.float32)
+
+
 def nearest_landmark(i, obs, rng):
     rel = obs[:, 4:12].reshape(-1, 4, 2)
     return steer(obs, rel[np.arange(len(obs)), np.linalg.norm(rel, axis=-1).argmin(1)])
@@ -40,7 +45,7 @@ def landmark_i(i, obs, rng):
     return steer(obs, obs[:, 4 + 2 * i:6 + 2 * i])
 
 
-TEAMS = {"uniform": uniform, "nearest landmark": nearest_landmark, "landmark i": landmark_i}
+TEAMS = {"uniform": uniform, "stand still": stand_still, "nearest landmark": nearest_landmark, "landmark i": landmark_i}
 
 
 def team_return(env, policy, episodes: int, seed: int) -> np.ndarray:

@@ -230,5 +230,5 @@ def test_reference_teams_print_and_covering_the_landmarks_beats_uniform_play():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split("|")[1].strip(): float(line.split("|")[2].split("±")[0]) for line in proc.stdout.splitlines()[2:]}
-    assert set(rows) == {"uniform", "nearest landmark", "landmark i"}
-    assert rows["landmark i"] > rows["uniform"]
+    assert set(rows) == {"uniform", "stand still", "nearest landmark", "landmark i"}
+    assert rows["landmark i"] > rows["stand still"] > rows["uniform"]
