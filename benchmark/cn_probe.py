@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmark/...`
 import envs  # noqa: E402
 import matd3bc as M  # noqa: E402
+from benchmark.bcq_probe import write_json  # noqa: E402
 from envs import InputError  # noqa: E402
 from envs import dataset as datasets  # noqa: E402
 
@@ -112,13 +113,6 @@ def table(probes: list[dict]) -> list[str]:
         rows.append(f"| {Path(p['run_dir']).name} | " + " | ".join(cells)
                     + f" | {p['mean_abs_action']:.3f} ({p['data_mean_abs_action']:.3f}) | {np.mean(p['nearest_landmark_cosine']):.2f} |")
     return rows
-
-
-def write_json(path: Path, obj) -> None:
-    """Write obj to path as JSON through a temporary name, so no half-written file is ever left."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
 
 
 def main() -> None:
