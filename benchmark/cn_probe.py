@@ -40,11 +40,11 @@ TEAMS = ("trained", *(f"trained x {k}" for k in SCALES), "stand still")
 
 
 def load_run(run_dir: Path):
-    """(args, step, actor) of a matd3bc.py cn run's last checkpoint, or a one-line InputError."""
+    """(args, step, the modules' state dicts) of a matd3bc.py cn run's last checkpoint, or a one-line InputError."""
     path = run_dir / "checkpoint.pt"
     if not path.is_file():
         raise InputError(f"{run_dir}: no checkpoint.pt; give the folder of a matd3bc.py run (runs/<run_name>)")
-    ckpt = torch.load(path, weights_only=False, map_location="cpu")
+    ckpt = M.load_torch(path, "checkpoint")  # a truncated or foreign file: one line, as the script's own --resume
     if ckpt.get("script") != M.SCRIPT:
         raise InputError(f"{run_dir}: a {ckpt.get('script')} run, not a matd3bc.py one")
     args = M.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["args"].items()})

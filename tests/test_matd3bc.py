@@ -225,6 +225,10 @@ def test_cn_probe_reproduces_the_runs_own_evaluation_and_refuses_other_folders(t
     assert "| " + run_dir.name + " | " in proc.stdout
     refused = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert "no checkpoint.pt" in conftest.one_line_error(refused)
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    refused = subprocess.run([sys.executable, script, str(tmp_path / "corrupt")], capture_output=True, text=True, timeout=300)
+    assert "cannot load checkpoint" in conftest.one_line_error(refused)
 
 
 def test_cn_probe_nearest_landmark_cosine_by_hand():
