@@ -286,6 +286,36 @@ def test_the_report_names_each_groups_datasets_and_says_when_its_runs_used_more_
     assert "`91625f60`/`c0e18ef8`: seeds 2, 3 (4 runs); `6439127a`/`3e3384cf`: seed 1 (2 runs)." in two
 
 
+def test_the_report_compares_datasets_within_a_partition_not_across_partitions(tmp_path):
+    # Table 10: the 2x3 split and the 1x6 single agent read one Minari source as different files, by design
+    spec = {"title": "part", "groups": [{"name": "g", "flags": ["--env-id", "x"], "steps": {"reduced": 100, "paper": 100},
+                                         "seeds": {"reduced": [1, 2], "paper": [1, 2]},
+                                         "methods": {"split": ["matd3bc.py", []], "single": ["matd3bc.py", []]}}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    split = {"agent_0.npz": "ac445daf" + "0" * 56, "agent_1.npz": "f0c952c7" + "0" * 56}
+    single, rebuilt = {"agent_0.npz": "0ea1741d" + "0" * 56}, {"agent_0.npz": "12345678" + "0" * 56}
+
+    def run(single_seed_2):
+        for seed in (1, 2):
+            for method, partition, fingerprint in (("split", "2x3", split),
+                                                   ("single", "1x6", single_seed_2 if seed == 2 else single)):
+                evaluation = {"step": 100, "team_return": 1.0}
+                write_results(tmp_path / "runs" / "part" / f"g__{method}__s{seed}", status="complete",
+                              args={"total_steps": 100, "seed": seed}, evaluations=[evaluation], final=evaluation,
+                              env_kwargs={"partition": partition}, dataset={"path": "datasets/x", "fingerprint": fingerprint})
+        assert report.main(["part", "--spec-file", str(tmp_path / "spec.json"), "--runs-root", str(tmp_path / "runs"),
+                            "--out", str(tmp_path / "docs"), "--reps", "50"]) == 0
+        return (tmp_path / "docs" / "results" / "part.md").read_text()
+
+    text = run(single)
+    assert "different datasets" not in text
+    assert ("partition 2x3: `ac445daf`/`f0c952c7`, every run (2 runs); partition 1x6: `0ea1741d`, every run (2 runs).") in text
+    text = run(rebuilt)  # seed 2's single-agent file came from another build: flagged, within its partition
+    assert "**The runs of this group learned from 3 different datasets**" in text
+    assert ("partition 2x3: `ac445daf`/`f0c952c7`: seeds 1, 2 (2 runs); partition 1x6: `0ea1741d`: seed 1 (1 run); "
+            "partition 1x6: `12345678`: seed 2 (1 run).") in text
+
+
 def test_the_archive_is_tracked_by_git_and_the_runs_root_is_not():
     if not (ROOT / ".git").exists():
         pytest.skip("not a git checkout")
