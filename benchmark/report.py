@@ -158,29 +158,26 @@ def datasets(cells: dict) -> str:
     machine (docs/datasets.md), gives other bytes: a group whose runs used more than one dataset says so, and which seeds
     used which. Runs with different partitions (`env_kwargs.partition`, e.g. Table 10's 2x3 split against its 1x6
     single agent) split one source into different files by design: each partition is compared with itself."""
-    used = {}  # partition -> fingerprint label -> {seed: runs}
+    used = {}  # (partition, fingerprint label) -> {seed: runs}
     for cell in cells.values():
         for results, _ in cell:
             fingerprint = (results.get("dataset") or {}).get("fingerprint")
             label = "/".join(f"`{h[:8]}`" for _, h in sorted(fingerprint.items())) if isinstance(fingerprint, dict) else "not recorded"
             partition = (results.get("env_kwargs") or {}).get("partition")
+            seeds = used.setdefault((partition, label), {})
             seed = (results.get("args") or {}).get("seed")
-            used.setdefault(partition, {}).setdefault(label, {}).setdefault(seed, 0)
-            used[partition][label][seed] += 1
-    named = len(used) > 1  # name the partitions only when the group has more than one
-    say = lambda partition: f"partition {partition}: " if named else ""  # noqa: E731
+            seeds[seed] = seeds.get(seed, 0) + 1
+    partitions = {partition for partition, _ in used}
+    name = lambda partition, label: f"partition {partition}: {label}" if len(partitions) > 1 else label  # noqa: E731
     runs = lambda seeds: f"{sum(seeds.values())} run{'s' if sum(seeds.values()) != 1 else ''}"  # noqa: E731
-    if all(len(labels) == 1 for labels in used.values()):  # one dataset per partition
-        if not named:
-            return f"Dataset (SHA-256 of each agent's file, first 8 hex digits): {next(iter(*used.values()))}, every run."
+    if len(used) == 1:
+        return f"Dataset (SHA-256 of each agent's file, first 8 hex digits): {name(*next(iter(used)))}, every run."
+    if len(used) == len(partitions):  # one dataset per partition
         return ("Dataset per partition (SHA-256 of each agent's file, first 8 hex digits; one source split once per partition, "
-                "docs/datasets.md): " + "; ".join(f"{say(p)}{label}, every run ({runs(seeds)})"
-                                                  for p, labels in used.items() for label, seeds in labels.items()) + ".")
-    parts = [f"{say(partition)}{label}: seed{'s' if len(seeds) > 1 else ''} "
-             f"{', '.join(str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0)))} ({runs(seeds)})"
-             for partition, labels in used.items() for label, seeds in sorted(labels.items(), key=lambda kv: -sum(kv[1].values()))]
-    count = sum(len(labels) for labels in used.values())
-    return (f"**The runs of this group learned from {count} different datasets** (SHA-256 of each agent's file, "
+                "docs/datasets.md): " + "; ".join(f"{name(*key)}, every run ({runs(seeds)})" for key, seeds in used.items()) + ".")
+    parts = [f"{name(*key)}: seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in sorted(seeds, key=lambda s: (s is None, s or 0)))} "
+             f"({runs(seeds)})" for key, seeds in sorted(used.items(), key=lambda kv: -sum(kv[1].values()))]
+    return (f"**The runs of this group learned from {len(used)} different datasets** (SHA-256 of each agent's file, "
             f"first 8 hex digits; docs/datasets.md): " + "; ".join(parts) + ".")
 
 
