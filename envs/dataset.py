@@ -434,13 +434,14 @@ def load(
     agent_ids: list[int] | None = None,
     build_if_missing: bool = True,
 ):
-    """(env, {agent_id: arrays}, meta) for the requested env and recipe; builds the dataset if absent.
+    """(env, {agent_id: arrays}, meta) for the requested env and recipe; builds the dataset if absent. `meta` is the
+    folder's meta.json plus its `path`.
 
     Only the listed agents' files are opened (and hashed), so one agent can train on its own file alone.
     """
     env, path, fix, meta = _open(env_id, env_kwargs, recipe, dataset_dir, build_if_missing)
     data = {agent_id: _read_agent(path, meta, env, agent_id, fix) for agent_id in _agent_ids(env_id, env, agent_ids)}
-    return env, data, meta
+    return env, data, {**meta, "path": str(path)}
 
 
 def verify(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None, dataset_dir: str | None = None) -> dict:
@@ -449,3 +450,106 @@ def verify(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = No
     for agent_id in range(env.n_agents):
         _read_agent(path, meta, env, agent_id, fix)
     return meta
+
+
+# Per-agent sampling: every agent draws from its own random stream, seeded by (seed, agent id), so what agent i
+# draws never depends on which other agents train in the same process (the batched ensemble is N learners).
+RNG_CHUNK = 1000  # minibatch indices are drawn for this many steps at once: per-step draws cost more
+
+
+def agent_generators(seed: int, agent_ids: list[int], device) -> list:
+    """One torch random stream per agent, seeded by (seed, agent id)."""
+    import torch
+
+    return [torch.Generator(device).manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
+            for i in agent_ids]
+
+
+def randn(generators, *shape, device):  # [n_agents, *shape], agent i's from its own stream
+    import torch
+
+    return torch.stack([torch.randn(*shape, generator=g, device=device) for g in generators])
+
+
+def sample_indices(sizes, shape, generators):  # [n_agents, *shape], agent i's from [0, sizes[i])
+    import torch
+
+    return torch.stack([torch.randint(int(s), shape, generator=g, device=g.device) for s, g in zip(sizes, generators)])
+
+
+def gather(array, idx):  # array [n_agents, T, *], idx [n_agents, batch] -> [n_agents, batch, *]
+    import torch
+
+    return array[torch.arange(array.shape[0], device=array.device)[:, None], idx]
+
+
+def stack_agents(agent_data: list[dict], keys, device, normalize_obs: bool | None = None, n_actions: int | None = None) -> dict:
+    """The agents' arrays stacked along a leading agent dimension, [n_agents, T, *], each padded to the longest dataset
+    by repeating its last row; `size` holds each agent's own length, and an agent samples only its own first `size`
+    rows. Action masks of agents with fewer actions are padded to `n_actions` with unavailable actions.
+    With `normalize_obs` not None, `obs` and `next_obs` are normalised by each agent's own mean and std (+ 1e-3)
+    when True, by 0 and 1 when False, and `obs_mean`, `obs_std` [n_agents, 1, obs_dim] are kept for evaluation."""
+    import torch
+
+    if len({d["obs"].shape[1] for d in agent_data}) > 1 or (n_actions is None and len({d["actions"].shape[1] for d in agent_data}) > 1):
+        raise InputError("the batched ensemble needs equal observation and action sizes across agents")
+    size = max(len(d["rewards"]) for d in agent_data)
+    out = {"size": [len(d["rewards"]) for d in agent_data]}
+    for key in keys:
+        arrays = [d[key] for d in agent_data]
+        if key.endswith("avail_actions") and len({a.shape[1] for a in arrays}) > 1:
+            arrays = [np.pad(a, [(0, 0), (0, n_actions - a.shape[1])]) for a in arrays]  # padded actions never available
+        padded = [np.concatenate([a, np.repeat(a[-1:], size - len(a), 0)]) for a in arrays]
+        out[key] = torch.as_tensor(np.stack(padded), device=device)
+    if normalize_obs is not None:
+        obs_stats = [(d["obs"].mean(0), d["obs"].std(0) + 1e-3) for d in agent_data]
+        if not normalize_obs:
+            obs_stats = [(np.zeros_like(m), np.ones_like(s)) for m, s in obs_stats]
+        out["obs_mean"] = torch.as_tensor(np.stack([m for m, _ in obs_stats])[:, None], device=device)  # [n, 1, obs_dim]
+        out["obs_std"] = torch.as_tensor(np.stack([s for _, s in obs_stats])[:, None], device=device)
+        out["obs"] = (out["obs"] - out["obs_mean"]) / out["obs_std"]
+        out["next_obs"] = (out["next_obs"] - out["obs_mean"]) / out["obs_std"]
+    return out
+
+
+def analysis_states(env, agent_data: dict, agent_ids: list[int], n: int, seed: int, device):
+    """`n` states drawn from the union of the agents' datasets, seen through each agent's eyes: [n_agents, n, obs_dim],
+    where the value difference among agents is measured (the paper's Table 6)."""
+    import torch
+
+    union = np.concatenate([agent_data[i]["states"] for i in agent_ids])
+    union = union[np.random.default_rng(seed).choice(len(union), min(n, len(union)), replace=False)]
+    return torch.as_tensor(np.stack([env.observe(union)[i] for i in agent_ids]), device=device)
+
+
+class Sampler:
+    """Each agent's minibatch of its own rows, from its own stream: indices drawn RNG_CHUNK steps at a time (and, with
+    `noise_shape`, as much standard normal noise per step, e.g. TD3's target smoothing). `sample(step)` gives the
+    batch of that step (steps count from 1) as {key: [n_agents, batch_size, *]} (plus `noise`). Its state (the
+    streams and the current chunk) goes into the run's checkpoint, so a resumed run draws what the whole one would."""
+
+    def __init__(self, data: dict, keys, batch_size: int, generators, noise_shape: tuple | None = None):
+        self.data, self.keys, self.batch_size, self.generators = data, tuple(keys), batch_size, generators
+        self.noise_shape, self.chunk = noise_shape, None
+
+    def sample(self, step: int) -> dict:
+        device = self.data[self.keys[0]].device
+        if (step - 1) % RNG_CHUNK == 0:
+            self.chunk = dict(idx=sample_indices(self.data["size"], (RNG_CHUNK, self.batch_size), self.generators))
+            if self.noise_shape is not None:
+                self.chunk["noise"] = randn(self.generators, RNG_CHUNK, self.batch_size, *self.noise_shape, device=device)
+        idx = self.chunk["idx"][:, (step - 1) % RNG_CHUNK]
+        batch = {k: gather(self.data[k], idx) for k in self.keys}
+        if self.noise_shape is not None:
+            batch["noise"] = self.chunk["noise"][:, (step - 1) % RNG_CHUNK]
+        return batch
+
+    def state_dict(self) -> dict:
+        return dict(generators=[g.get_state() for g in self.generators],
+                    chunk={k: v.cpu() for k, v in self.chunk.items()} if self.chunk else None)
+
+    def load_state_dict(self, state: dict) -> None:
+        for g, g_state in zip(self.generators, state["generators"]):
+            g.set_state(g_state)
+        device = self.data[self.keys[0]].device
+        self.chunk = {k: v.to(device) for k, v in state["chunk"].items()} if state["chunk"] else None

@@ -26,10 +26,11 @@ for _key, _value in {"JAX_COMPILATION_CACHE_DIR": str(ROOT / ".pytest_cache" / "
     os.environ.setdefault(_key, _value)
 
 
-def run_script(script: str, cwd: Path, *flags, check: bool = True, timeout: int = 600, dataset_dir: Path | None = None):
+def run_script(script: str, cwd: Path, *flags, check: bool = True, timeout: int = 600, dataset_dir: Path | None = None,
+               env: dict | None = None):
     """`python <script> --dataset-dir <cwd>/datasets <flags>` with runs/ under `cwd`, one torch thread (the
     machine is shared) and no progress bars. Asserts success unless check=False."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1", **(env or {})}
     cmd = [sys.executable, str(ROOT / script), "--dataset-dir", str(dataset_dir or cwd / "datasets"), *flags]
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check:

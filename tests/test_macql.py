@@ -237,29 +237,35 @@ def test_smoke_runs_on_smax_report_the_contracts_metrics_without_an_illegal_acti
 def learned(run_dir):
     """What a run learned: its evaluations without wall-clock times, and its agents' saved Q-networks."""
     res = json.loads((run_dir / "results.json").read_text())
-    timing = ("seconds", "train_seconds", "updates_per_second")
+    timing = ("seconds", "train_seconds", "updates_per_second", "ms_per_update")
     return ([{k: v for k, v in e.items() if k not in timing} for e in res["evaluations"]],
             {p.name: torch.load(p, weights_only=True)["qnet"] for p in sorted(run_dir.glob("agent_*.pt"))})
 
 
 def test_a_smax_run_killed_after_a_checkpoint_and_resumed_ends_bit_identical(smax_runs):
     """tests/test_contract.py kills and resumes every script on its small env; this is the same on SMAX (masks,
-    the evaluation episodes of seed + step, lambda_tn from the VAEs kept in the training state)."""
+    the evaluation episodes of seed + step, lambda_tn from the VAEs kept in the training state). The kill comes as
+    soon as the first checkpoint (step 20 of 60) is on disk: the SMAX evaluations at 30 and 60 are still ahead."""
     cwd = smax_runs
     run_dir = cwd / "runs" / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     cmd = [sys.executable, str(conftest.ROOT / "macql.py"), "--dataset-dir", str(cwd / "datasets"), *SMAX, "--save-model",
            "--run-name", "killed", "--checkpoint-freq", "20"]
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while not (run_dir / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert json.loads((run_dir / "results.json").read_text())["status"] == "running" or proc.returncode == 0
+    with open(cwd / "killed.stderr", "w") as stderr:  # a file, not a pipe: a full pipe would stall the run
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        deadline = time.time() + 300
+        while not (run_dir / "checkpoint.pt").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, (cwd / "killed.stderr").read_text()[-2000:])
+    killed = json.loads((run_dir / "results.json").read_text())
+    assert killed["status"] == "running" and killed["resumed_at_steps"] == [], killed["status"]
+    killed_at = torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"]  # written whole or not at all
+    assert killed_at in (20, 40), killed_at  # a checkpoint of --checkpoint-freq 20 before the last step
     conftest.run_script("macql.py", cwd, "--resume", str(run_dir))
     res = json.loads((run_dir / "results.json").read_text())
-    assert res["status"] == "complete" and res["final"]["step"] == 60
+    assert res["status"] == "complete" and res["final"]["step"] == 60 and res["resumed_at_steps"] == [killed_at]
     (whole_evaluations, whole_agents), (evaluations, agents) = learned(conftest.find_run(cwd, "macql")[1]), learned(run_dir)
     assert evaluations == whole_evaluations and agents.keys() == whole_agents.keys()
     for name in agents:
