@@ -34,6 +34,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmark/...`
 import envs  # noqa: E402
 import mabcq_continuous as M  # noqa: E402
+from envs import dataset as D  # noqa: E402
+from envs import run as contract  # noqa: E402
 from envs import InputError  # noqa: E402
 from envs import dataset as datasets  # noqa: E402
 
@@ -69,8 +71,8 @@ def load_team(run_dir: Path):
     agent_ids = list(range(n_agents))
     recipe = {"n_transitions": args.n_transitions, "episode_len": args.episode_len, "behavior_dir": args.behavior_dir}
     _, agent_data, _ = datasets.load(args.env_id, envs.resolve(args.env_id, {})[0], recipe, args.dataset_dir, agent_ids)
-    data = M.stack_agent_data([agent_data[i] for i in agent_ids], args.normalize_obs, "cpu")
-    generators = M.agent_generators(args.seed, agent_ids, "cpu")
+    data = D.stack_agents([agent_data[i] for i in agent_ids], ("obs", "actions", "rewards", "next_obs", "dones"), "cpu", normalize_obs=args.normalize_obs)
+    generators = D.agent_generators(args.seed, agent_ids, "cpu")
     g1, _ = M.make_generative_models(args, obs_dim, act_dim, generators, "cpu")
     nets = M.make_networks(args, obs_dim, act_dim, generators, "cpu")
     targets = M.make_networks(args, obs_dim, act_dim, generators, "cpu")
@@ -109,12 +111,12 @@ def probe(run_dir: Path, episodes: int | None, shift_states: int) -> dict:
 
     rng = np.random.default_rng(0)
     idx = torch.stack([torch.as_tensor(rng.integers(0, int(s), shift_states)) for s in data["size"]])
-    obs = M.gather(data["obs"], idx)
+    obs = D.gather(data["obs"], idx)
     sampled = g1.decode(obs, noise(obs, 1))
     shift = (xi(obs, sampled) - sampled) / args.phi  # [n_agents, states, act_dim], in [-1, 1] (less at the action bounds)
     out["xi_shift"] = dict(mean_abs=shift.abs().mean().item(), share_at_bound=(shift.abs() >= 0.9).float().mean().item(),
                            mean_signed=shift.mean(1).tolist())
-    out["g1"] = g1_stats(g1, obs, M.gather(data["actions"], idx), torch.stack([noise(obs, 1) for _ in range(n)]))
+    out["g1"] = g1_stats(g1, obs, D.gather(data["actions"], idx), torch.stack([noise(obs, 1) for _ in range(n)]))
     results = run_dir / "results.json"
     if results.is_file():
         final = json.loads(results.read_text()).get("final") or {}

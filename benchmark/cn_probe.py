@@ -31,6 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `python benchmark/...`
 import envs  # noqa: E402
 import matd3bc as M  # noqa: E402
+from envs import dataset as D  # noqa: E402
+from envs import run as contract  # noqa: E402
 from benchmark.bcq_probe import write_json  # noqa: E402
 from envs import InputError  # noqa: E402
 from envs import dataset as datasets  # noqa: E402
@@ -44,7 +46,7 @@ def load_run(run_dir: Path):
     path = run_dir / "checkpoint.pt"
     if not path.is_file():
         raise InputError(f"{run_dir}: no checkpoint.pt; give the folder of a matd3bc.py run (runs/<run_name>)")
-    ckpt = M.load_torch(path, "checkpoint")  # a truncated or foreign file: one line, as the script's own --resume
+    ckpt = contract.load_torch(path, "checkpoint")  # a truncated or foreign file: one line, as the script's own --resume
     if ckpt.get("script") != M.SCRIPT:
         raise InputError(f"{run_dir}: a {ckpt.get('script')} run, not a matd3bc.py one")
     args = M.Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["args"].items()})
@@ -71,8 +73,8 @@ def probe(run_dir: Path, episodes: int | None, states: int) -> dict:
     agent_ids = list(range(n_agents))
     recipe = {"n_transitions": args.n_transitions}
     _, agent_data, _ = datasets.load(args.env_id, {"partition": args.partition}, recipe, args.dataset_dir, agent_ids)
-    data = M.stack_agent_data([agent_data[i] for i in agent_ids], args.normalize_obs, "cpu")
-    generators = M.agent_generators(args.seed, agent_ids, "cpu")
+    data = D.stack_agents([agent_data[i] for i in agent_ids], ("obs", "actions", "rewards", "next_obs", "dones"), "cpu", normalize_obs=args.normalize_obs)
+    generators = D.agent_generators(args.seed, agent_ids, "cpu")
     actor = M.Actor(obs_dim, act_dim, args.hidden_dim, generators, "cpu")
     critic = M.TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, "cpu")
     actor.load_state_dict(modules["actor"])
@@ -91,11 +93,11 @@ def probe(run_dir: Path, episodes: int | None, states: int) -> dict:
 
     rng = np.random.default_rng(0)
     idx = torch.stack([torch.as_tensor(rng.integers(0, int(s), states)) for s in data["size"]])
-    obs = M.gather(data["obs"], idx)  # normalised, as the actor sees them
+    obs = D.gather(data["obs"], idx)  # normalised, as the actor sees them
     raw = obs * data["obs_std"] + data["obs_mean"]
     act = actor(obs)
     out["mean_abs_action"] = act.abs().mean().item()
-    out["data_mean_abs_action"] = M.gather(data["actions"], idx).abs().mean().item()
+    out["data_mean_abs_action"] = D.gather(data["actions"], idx).abs().mean().item()
     out["nearest_landmark_cosine"] = [nearest_landmark_cosine(raw[i].numpy(), act[i].numpy()) for i in agent_ids]
     results = run_dir / "results.json"
     if results.is_file():

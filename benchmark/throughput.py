@@ -42,6 +42,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import mabcq_continuous  # noqa: E402
+from envs import dataset as D  # noqa: E402
+from envs import run as contract  # noqa: E402
 import macql  # noqa: E402
 import matd3bc  # noqa: E402
 
@@ -160,7 +162,7 @@ def naive_updates_per_second(n_agents, hidden, batch_size, seconds, agent_class=
 
 # ---- batched: matd3bc.py's ensemble and losses ----
 def batched_updates_per_second(n_agents, hidden, batch_size, seconds, args=ARGS):
-    gens = matd3bc.agent_generators(0, list(range(n_agents)), "cpu")
+    gens = D.agent_generators(0, list(range(n_agents)), "cpu")
     data = {k: torch.stack([random_dataset(i)[k] for i in range(n_agents)]) for k in random_dataset(0)}
     sizes = [DATA_SIZE] * n_agents
     actor, critic = matd3bc.Actor(OBS_DIM, ACT_DIM, hidden, gens), matd3bc.TwinCritic(OBS_DIM, ACT_DIM, hidden, gens)
@@ -170,14 +172,14 @@ def batched_updates_per_second(n_agents, hidden, batch_size, seconds, args=ARGS)
     state = {"step": 0}
 
     def step():
-        k = state["step"] % matd3bc.RNG_CHUNK
+        k = state["step"] % D.RNG_CHUNK
         if k == 0:
-            state["idx"] = matd3bc.sample_indices(sizes, (matd3bc.RNG_CHUNK, batch_size), gens)
-            state["noise"] = matd3bc.randn(gens, matd3bc.RNG_CHUNK, batch_size, ACT_DIM, device="cpu")
+            state["idx"] = D.sample_indices(sizes, (D.RNG_CHUNK, batch_size), gens)
+            state["noise"] = D.randn(gens, D.RNG_CHUNK, batch_size, ACT_DIM, device="cpu")
         state["step"] += 1
         idx = state["idx"][:, k]
-        batch = {key: matd3bc.gather(value, idx) for key, value in data.items()}
-        critic_loss, _, weight, _ = matd3bc.td3bc_critic_loss(critic, critic_target, actor_target, batch, state["noise"][:, k], args)
+        batch = {key: D.gather(value, idx) for key, value in data.items()}
+        critic_loss, _, weight, _ = matd3bc.td3bc_critic_loss(critic, critic_target, actor_target, {**batch, "noise": state["noise"][:, k]}, args)
         critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.sum().backward()
         critic_optimizer.step()
@@ -262,7 +264,7 @@ class NaiveBCQAgent:
 # ---- MABCQ, batched: mabcq_continuous.py's ensemble and losses, as its training loop calls them ----
 def batched_bcq_updates_per_second(n_agents, hidden, batch_size, seconds, use_vd=True):
     M = mabcq_continuous
-    gens = M.agent_generators(0, list(range(n_agents)), "cpu")
+    gens = D.agent_generators(0, list(range(n_agents)), "cpu")
     data = {k: torch.stack([random_dataset(i)[k] for i in range(n_agents)]) for k in random_dataset(0)}
     sizes = [DATA_SIZE] * n_agents
     g1 = M.ConditionalVAE(OBS_DIM, ACT_DIM, BCQ.latent, (hidden,), gens)
@@ -273,15 +275,15 @@ def batched_bcq_updates_per_second(n_agents, hidden, batch_size, seconds, use_vd
     state = {"step": 0}
 
     def step():
-        k = state["step"] % M.RNG_CHUNK
+        k = state["step"] % D.RNG_CHUNK
         if k == 0:
-            state["idx"] = M.sample_indices(sizes, (M.RNG_CHUNK, batch_size), gens)
+            state["idx"] = D.sample_indices(sizes, (D.RNG_CHUNK, batch_size), gens)
         state["step"] += 1
-        batch = {key: M.gather(value, state["idx"][:, k]) for key, value in data.items()}
-        noise = M.randn(gens, batch_size * (BCQ.n_samples + 1), BCQ.latent, device="cpu")
+        batch = {key: D.gather(value, state["idx"][:, k]) for key, value in data.items()}
+        noise = D.randn(gens, batch_size * (BCQ.n_samples + 1), BCQ.latent, device="cpu")
         target_noise, xi_noise = noise.split([batch_size * BCQ.n_samples, batch_size], 1)
-        critic_loss, _, weight, _ = M.bcq_critic_loss(critic, critic_target, xi_target, g1, batch, target_noise, BCQ.gamma,
-                                                      BCQ.lmbda, BCQ.epsilon, use_vd)
+        critic_loss, _, weight, _ = M.bcq_critic_loss(critic, critic_target, xi_target, g1, batch, target_noise,
+                                                      SimpleNamespace(**vars(BCQ), no_vd=not use_vd, vd_terminal="one"))
         critic_optimizer.zero_grad(set_to_none=True)
         critic_loss.sum().backward()
         critic_optimizer.step()
@@ -337,7 +339,7 @@ class NaiveCQLAgent:
 
 def batched_cql_updates_per_second(n_agents, hidden, batch_size, seconds):
     """macql.py's ensemble, `macql_loss`, fused Adam and index streams, as its training loop calls them."""
-    generators = macql.agent_generators(0, list(range(n_agents)), "cpu")
+    generators = D.agent_generators(0, list(range(n_agents)), "cpu")
     parts = [random_discrete_dataset(i) for i in range(n_agents)]
     data = {k: torch.stack([part[k] for part in parts]) for k in parts[0]}  # [n_agents, DATA_SIZE, ...]
     qnet = macql.QNetwork(OBS_DIM, ACT_DIM, hidden, generators)
@@ -346,11 +348,11 @@ def batched_cql_updates_per_second(n_agents, hidden, batch_size, seconds):
     state = {"step": 0}
 
     def step():
-        k = state["step"] % macql.RNG_CHUNK
+        k = state["step"] % D.RNG_CHUNK
         if k == 0:
-            state["idx"] = macql.sample_indices([DATA_SIZE] * n_agents, (macql.RNG_CHUNK, batch_size), generators)
+            state["idx"] = D.sample_indices([DATA_SIZE] * n_agents, (D.RNG_CHUNK, batch_size), generators)
         state["step"] += 1
-        batch = {key: macql.gather(value, state["idx"][:, k]) for key, value in data.items()}
+        batch = {key: D.gather(value, state["idx"][:, k]) for key, value in data.items()}
         loss, _ = macql.macql_loss(qnet, qnet_target, batch, CQL.gamma, CQL.epsilon, CQL.alpha, use_vd=True, weight_cql_term=True)
         optimizer.zero_grad(set_to_none=True)
         loss.sum().backward()
@@ -417,7 +419,7 @@ if __name__ == "__main__":
     torch.manual_seed(0)
     np.random.seed(0)
     torch.set_flush_denormal(True)  # as the scripts do; applies to both paths
-    mabcq_continuous.keep_freed_memory()  # as mabcq_continuous.py does at start; applies to every path
+    contract.keep_freed_memory()  # as mabcq_continuous.py does at start; applies to every path
     if args.table11:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock")
         table11(args.seconds, args.repeats)

@@ -24,9 +24,11 @@ from conftest import ROOT
 @functools.cache
 def script_flags(script: str) -> set[str]:
     """The flags of an algorithm script: its `Args` dataclass fields (read, not imported: no torch, no jax)."""
-    tree = ast.parse((ROOT / script).read_text())
-    (args,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "Args"]
-    fields = [f for f in args.body if isinstance(f, ast.AnnAssign)]
+    fields = []
+    for path, name in ((script, "Args"), ("envs/run.py", "RunArgs")):  # a script's Args extend the run contract's flags
+        tree = ast.parse((ROOT / path).read_text())
+        (args,) = [node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == name]
+        fields += [f for f in args.body if isinstance(f, ast.AnnAssign)]
     flags = {"--" + f.target.id.replace("_", "-") for f in fields}
     return flags | {"--no-" + f.target.id.replace("_", "-") for f in fields if ast.unparse(f.annotation) == "bool"}  # tyro's
 
@@ -159,7 +161,7 @@ write("results.json", results)
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray instance of 2 CPUs for the grids run in this process (grid.main uses it as it is)."""
-    ray = pytest.importorskip("ray")
+    import ray  # a requirement: a missing or broken Ray fails here, it is not skipped
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
@@ -350,15 +352,10 @@ def test_a_grid_stopped_by_ctrl_c_stops_its_runs_and_a_rerun_resumes_them(local_
         assert results["status"] == "complete" and results["resumed_at_steps"][0] >= 100 and results["final"]["step"] == 2000
 
 
-def lacks_resume(script: str) -> bool:
-    return "--resume" not in script_flags(script) or "--threads" not in script_flags(script)
-
-
 TINY = ["--env-id", "dg", "--n-transitions", "2000", "--eval-freq", "100", "--vae-steps", "20", "--eval-episodes", "5",
         "--hidden-dim", "32", "--batch-size", "32", "--analysis-states", "200"]
 
 
-@pytest.mark.skipif(lacks_resume("matd3bc.py"), reason="matd3bc.py lacks --resume/--threads (the run contract of docs/results.md)")
 def test_a_tiny_matd3bc_grid_survives_a_killed_run_and_reports(local_ray, tmp_path, capsys):
     spec = {"title": "tiny", "groups": [{
         "name": "dg", "flags": TINY, "methods": {"MATD3+BC": ["matd3bc.py", []], "TD3+BC": ["matd3bc.py", ["--no-vd", "--no-tn"]]},

@@ -1,6 +1,7 @@
 """mabcq_continuous.py: BCQ's target, policy and perturbation bound by hand, lambda_vd on BCQ's own value, lambda_tn,
 the agents' independence, and every row of Table 5 on a tiny hopper-3x1 dataset built from tiny behaviour actors."""
 
+import copy
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ N, OBS, ACT, HIDDEN, LATENT = 2, 3, 2, 8, 4
 
 
 def networks(phi=0.05, seed=0):
-    generators = M.agent_generators(seed, list(range(N)), "cpu")
+    generators = dataset.agent_generators(seed, list(range(N)), "cpu")
     return (M.Critics(OBS, ACT, (HIDDEN,), generators), M.Perturbation(OBS, ACT, (HIDDEN,), phi, generators),
             M.ConditionalVAE(OBS, ACT, LATENT, (HIDDEN,), generators))
 
@@ -47,6 +49,10 @@ def q_by_hand(critic, agent, twin, s, a):
 def perturbed_by_hand(g1, xi, agent, s, z, phi=0.05):
     a = torch.tanh(by_hand(g1.decoder, agent, torch.cat([s, z.clamp(-0.5, 0.5)])))
     return (a + phi * torch.tanh(by_hand(xi.net, agent, torch.cat([s, a])))).clamp(-1, 1)
+
+
+def bcq_args(gamma, lmbda, epsilon, no_vd=False, vd_terminal="one"):
+    return SimpleNamespace(gamma=gamma, lmbda=lmbda, epsilon=epsilon, no_vd=no_vd, vd_terminal=vd_terminal)
 
 
 def tiny_batch(seed, batch=5, done_at=(3,)):
@@ -85,7 +91,7 @@ def test_bcq_target_by_hand_soft_clipped_double_q_max_over_samples_and_done_mask
     critic, xi, g1 = networks()
     batch, n, gamma, lmbda = tiny_batch(1), 4, 0.9, 0.75
     noise = torch.randn(N, 5 * n, LATENT, generator=torch.Generator().manual_seed(2))
-    loss, q, weight, lambda_vd = M.bcq_critic_loss(critic, critic, xi, g1, batch, noise, gamma, lmbda, 0.8, use_vd=False)
+    loss, q, weight, lambda_vd = M.bcq_critic_loss(critic, critic, xi, g1, batch, noise, bcq_args(gamma, lmbda, 0.8, no_vd=True))
     next_value = M.bcq_next_value(batch["next_obs"], g1, xi, critic, noise, lmbda)
     assert lambda_vd is None and torch.equal(weight, batch["lambda_tn"])
     for i in range(N):
@@ -113,7 +119,7 @@ def test_lambda_vd_by_hand_on_bcqs_own_next_value():
     batch, n, gamma, lmbda, eps = tiny_batch(3, batch=6, done_at=(5,)), 3, 0.9, 0.75, 0.5
     batch["rewards"] *= 0.02  # rewards the size of the untrained values: some lambda_vd inside the clip, some at its bounds
     noise = torch.randn(N, 6 * n, LATENT, generator=torch.Generator().manual_seed(4))
-    _, _, weight, lambda_vd = M.bcq_critic_loss(critic, target_critic, target_xi, g1, batch, noise, gamma, lmbda, eps, True)
+    _, _, weight, lambda_vd = M.bcq_critic_loss(critic, target_critic, target_xi, g1, batch, noise, bcq_args(gamma, lmbda, eps))
     for i in range(N):
         for b in range(6):
             s, s_next = batch["obs"][i, b], batch["next_obs"][i, b]
@@ -168,7 +174,7 @@ def test_behavior_acts_with_the_decoder_at_z_zero_and_bcq_clips_z():
 
 @pytest.mark.parametrize("kl_weight", [0.5, 0.05])
 def test_vae_loss_by_hand_mean_squared_error_over_action_dims_plus_kl_weight_times_mean_kl_over_latent_dims(kl_weight):
-    g = M.ConditionalVAE(OBS, ACT, LATENT, (HIDDEN,), M.agent_generators(3, list(range(N)), "cpu"), kl_weight=kl_weight)
+    g = M.ConditionalVAE(OBS, ACT, LATENT, (HIDDEN,), dataset.agent_generators(3, list(range(N)), "cpu"), kl_weight=kl_weight)
     draw = torch.Generator().manual_seed(4)
     obs, act, noise = torch.randn(N, 5, OBS, generator=draw), torch.rand(N, 5, ACT, generator=draw) * 2 - 1, torch.randn(N, 5, LATENT, generator=draw)
     for i in range(N):
@@ -184,16 +190,18 @@ def test_vae_loss_by_hand_mean_squared_error_over_action_dims_plus_kl_weight_tim
 def agent_0_gradients(batch, ddpg=False):
     """Agent 0's share of every gradient of one update of every network (critics, xi, G1, G2, the DDPG actor)."""
     critic, xi, g1 = networks()
-    g2 = M.ConditionalVAE(2 * OBS, ACT, LATENT, (HIDDEN,), M.agent_generators(9, list(range(N)), "cpu"))
+    g2 = M.ConditionalVAE(2 * OBS, ACT, LATENT, (HIDDEN,), dataset.agent_generators(9, list(range(N)), "cpu"))
     noise = torch.randn(N, 5 * 3 + 5, LATENT, generator=torch.Generator().manual_seed(8))
     noise[1] += 1  # agent 1's own noise differs from agent 0's
     if ddpg:
-        generators = M.agent_generators(0, list(range(N)), "cpu")
+        generators = dataset.agent_generators(0, list(range(N)), "cpu")
         actor, critic = M.DeterministicActor(OBS, ACT, (HIDDEN,), generators), M.Critics(OBS, ACT, (HIDDEN,), generators, twins=1)
-        critic_loss, actor_loss, _ = M.ddpg_losses(actor, actor, critic, critic, batch, 0.99)
-        (critic_loss.sum() + actor_loss.sum()).backward()
-        return [p.grad[0].clone() for m in (actor, critic) for p in m.parameters()]
-    loss, _, weight, _ = M.bcq_critic_loss(critic, critic, xi, g1, batch, noise[:, :15], 0.99, 0.75, 0.8, True)
+        nets = dict(actor=actor, critic=critic)
+        optimizers = {k: torch.optim.SGD(m.parameters(), lr=0.1) for k, m in (("critic", critic), ("policy", actor))}
+        before = [p.detach().clone() for m in (actor, critic) for p in m.parameters()]
+        M.ddpg_update(batch, nets, {k: copy.deepcopy(m) for k, m in nets.items()}, optimizers, None, None, bcq_args(0.99, 0.75, 0.8))
+        return [b[0] - p.detach()[0] for b, p in zip(before, (p for m in (actor, critic) for p in m.parameters()))]
+    loss, _, weight, _ = M.bcq_critic_loss(critic, critic, xi, g1, batch, noise[:, :15], bcq_args(0.99, 0.75, 0.8))
     loss.sum().backward()
     M.bcq_perturbation_loss(xi, critic, g1, batch["obs"], noise[:, 15:], weight).sum().backward()
     g1.loss(batch["obs"], batch["actions"], noise[:, :5]).sum().backward()  # --train-generator and the G1 fit
@@ -212,8 +220,43 @@ def test_other_agents_data_never_reaches_agent_0s_gradients(ddpg):
     assert not all(torch.equal(a, b) for a, b in zip(agent_0_gradients(first, ddpg), agent_0_gradients(own, ddpg)))
 
 
+def test_ddpgs_actor_learns_from_the_critic_this_step_updated():
+    """BCQ's reference DDPG steps the critic, then builds the actor loss on the updated critic. The actor's gradient must
+    be the one of -Q(s, pi(s)) under the new critic weights, not the old ones (the order before 2026-12-03 mixed both)."""
+    generators = dataset.agent_generators(0, list(range(N)), "cpu")
+    actor, critic = M.DeterministicActor(OBS, ACT, (HIDDEN,), generators), M.Critics(OBS, ACT, (HIDDEN,), generators, twins=1)
+    batch, nets = tiny_batch(1), dict(actor=actor, critic=critic)
+    targets = {k: copy.deepcopy(m) for k, m in nets.items()}
+    critic_optimizer = torch.optim.Adam(critic.parameters(), lr=0.05, fused=True)  # the script's: no version bump, no error
+    actor_optimizer = torch.optim.SGD(actor.parameters(), lr=1.0)
+    actor_before = copy.deepcopy(actor)
+    M.ddpg_update(batch, nets, targets, dict(critic=critic_optimizer, policy=actor_optimizer), None, None, bcq_args(0.99, 0.75, 0.8))
+    # by hand: the actor's gradient under the critic as updated (the critic's weights now), from the actor's old weights
+    reference = copy.deepcopy(actor_before)
+    (-critic.q1(batch["obs"], reference(batch["obs"])).mean(-1)).sum().backward()
+    for p_new, p_old, p_ref in zip(actor.parameters(), actor_before.parameters(), reference.parameters()):
+        torch.testing.assert_close(p_old.detach() - p_ref.grad, p_new.detach(), rtol=1e-5, atol=1e-6)
+    stale = copy.deepcopy(actor_before)  # and it is not the gradient under the critic before its step
+    (-targets["critic"].q1(batch["obs"], stale(batch["obs"])).mean(-1)).sum().backward()
+    assert not all(torch.allclose(p_old.detach() - p_s.grad, p_new.detach(), atol=1e-6)
+                   for p_new, p_old, p_s in zip(actor.parameters(), actor_before.parameters(), stale.parameters()))
+
+
+def test_lambda_vd_on_terminal_transitions_one_or_the_formula_with_v_zero():
+    """--vd-terminal: `one` keeps terminal weights at 1; `formula` puts V(s') = 0 into the paper's expression:
+    1 + (0 - E) / |E| = 1 - sign(E) (0 for E > 0, 2 for E < 0), then clipped; non-terminal weights are the same."""
+    next_value, q_sa = torch.tensor([[5.0, 5.0, 5.0]]), torch.tensor([[10.0, -8.0, 4.0]])
+    rewards, dones = torch.tensor([[1.0, 1.0, 1.0]]), torch.tensor([[True, True, False]])
+    one = M.value_deviation(next_value, q_sa, rewards, dones, 0.9, 0.8, "one")
+    formula = M.value_deviation(next_value, q_sa, rewards, dones, 0.9, 0.8, "formula")
+    assert one[0, :2].tolist() == [1.0, 1.0]
+    torch.testing.assert_close(formula[0, :2], torch.tensor([0.2, 1.8]))  # E = 10 > 0: 0 -> 0.2; E = -10 < 0: 2 -> 1.8
+    assert formula[0, 2] == one[0, 2]
+    assert formula[0, 2].item() == pytest.approx(min(1.8, 1 + (5 - 10 / 3) / (10 / 3)), rel=1e-5)
+
+
 def test_hidden_dim_one_number_means_two_layers_and_bcqs_code_sizes_are_expressible():
-    generators = M.agent_generators(0, [0], "cpu")
+    generators = dataset.agent_generators(0, [0], "cpu")
     assert [layer.weight.shape[2] for layer in M.MLP(5, 1, (64,), generators).layers] == [64, 64, 1]
     assert [layer.weight.shape[2] for layer in M.MLP(5, 1, (400, 300), generators).layers] == [400, 300, 1]
 

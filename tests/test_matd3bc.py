@@ -13,6 +13,8 @@ import torch
 
 import conftest
 import matd3bc
+from envs import dataset
+from envs import run as contract
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--n-transitions", "2000", "--total-steps", "300", "--eval-freq", "150", "--vae-steps", "50",
@@ -75,16 +77,15 @@ def test_vae_lambda_tn_gives_the_rarer_next_state_the_larger_weight():
         "next_obs": torch.as_tensor(next_obs, dtype=torch.float32).view(1, n, 1),
         "size": [n],
     }
-    gens = matd3bc.agent_generators(0, [0], "cpu")
+    gens = dataset.agent_generators(0, [0], "cpu")
     lambda_tn, _ = matd3bc.fit_lambda_tn(data, vae_args(), gens, "cpu", progress=False)
     rare = torch.as_tensor(~follows)
     assert lambda_tn[0, rare].mean() > 1.5 * lambda_tn[0, ~rare].mean()
 
 
-def make_agents(n_agents, obs_dim=3, act_dim=2, hidden=16):
-    gens = matd3bc.agent_generators(0, list(range(n_agents)), "cpu")
-    nets = [cls(obs_dim, act_dim, hidden, gens) for cls in (matd3bc.Actor, matd3bc.TwinCritic)] * 2
-    return nets, gens
+def make_agents(n_agents, obs_dim=3, act_dim=2, hidden=16, seed=0):
+    gens = dataset.agent_generators(seed, list(range(n_agents)), "cpu")
+    return [cls(obs_dim, act_dim, hidden, gens) for cls in (matd3bc.Actor, matd3bc.TwinCritic)], gens
 
 
 def batch_for(n_agents, seeds, batch=8, obs_dim=3, act_dim=2):
@@ -100,10 +101,88 @@ def batch_for(n_agents, seeds, batch=8, obs_dim=3, act_dim=2):
     return {k: torch.stack([p[k] for p in parts]) for k in parts[0]}
 
 
+ARGS = SimpleNamespace(policy_noise=0.2, noise_clip=0.5, gamma=0.99, no_vd=False, epsilon=0.9, alpha=2.5)
+
+
+@torch.no_grad()
+def by_hand(mlp, member, x):
+    """One ensemble member of an MLP, layer by layer with plain matmuls: x [in] -> [out]."""
+    for k, layer in enumerate(mlp.layers):
+        x = x @ layer.weight[member] + layer.bias[member, 0]
+        if k < len(mlp.layers) - 1:
+            x = torch.relu(x)
+    return x
+
+
+def test_td3bc_critic_loss_by_hand_noise_clip_min_of_twins_done_mask_and_weights_from_the_targets():
+    """y = r + gamma (1 - done) min_k Q^_k(s', clip(pi^(s') + clip(0.2 noise, +-0.5), +-1)); lambda_vd from the target
+    critics' min at (s', a') and (s, a); loss = sum over twins of mean(lambda_tn * lambda_vd * (Q_k(s, a) - y)^2)."""
+    (actor, critic), _ = make_agents(2)
+    (actor_target, critic_target), _ = make_agents(2, seed=7)  # targets other than the online networks
+    batch = batch_for(2, [1, 2])
+    batch["noise"][0, 0] = 10.0  # a draw the clip at noise_clip must cut
+    batch["dones"][:, 1] = True
+    loss, q, weight, lambda_vd = matd3bc.td3bc_critic_loss(critic, critic_target, actor_target, batch, ARGS)
+    for i in range(2):
+        losses = torch.zeros(2)
+        for b in range(8):
+            s, a, s2 = batch["obs"][i, b], batch["actions"][i, b], batch["next_obs"][i, b]
+            smoothing = (batch["noise"][i, b] * 0.2).clamp(-0.5, 0.5)
+            a2 = (torch.tanh(by_hand(actor_target.net, i, s2)) + smoothing).clamp(-1, 1)
+            v_next = min(by_hand(critic_target.net, k * 2 + i, torch.cat([s2, a2]))[0] for k in range(2))
+            q_target = min(by_hand(critic_target.net, k * 2 + i, torch.cat([s, a]))[0] for k in range(2))
+            r, done = batch["rewards"][i, b], batch["dones"][i, b]
+            y = r + (0 if done else 0.99 * v_next)
+            expected = (q_target - r) / 0.99
+            vd = 1.0 if done else float(min(max(1 + (v_next - expected) / (abs(expected) + 1e-6), 0.1), 1.9))
+            assert lambda_vd[i, b].item() == pytest.approx(vd, rel=1e-4, abs=1e-5)
+            w = batch["lambda_tn"][i, b] * vd
+            for k in range(2):
+                q_sa = by_hand(critic.net, k * 2 + i, torch.cat([s, a]))[0]
+                torch.testing.assert_close(q[k, i, b], q_sa, rtol=1e-5, atol=1e-5)
+                losses[k] += w * (q_sa - y) ** 2 / 8
+        torch.testing.assert_close(loss[i], losses.sum(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(weight, batch["lambda_tn"] * lambda_vd)
+    _, _, weight_off, vd_off = matd3bc.td3bc_critic_loss(critic, critic_target, actor_target, batch,
+                                                         SimpleNamespace(**{**vars(ARGS), "no_vd": True}))
+    assert vd_off is None and torch.equal(weight_off, batch["lambda_tn"])
+
+
+def test_td3bc_actor_loss_by_hand_alpha_over_mean_abs_q_and_the_bc_term():
+    """Per agent: mean over the batch of w * (-alpha / mean|Q1(s, pi(s))| * Q1(s, pi(s)) + mean_d (pi(s) - a)^2)."""
+    (actor, critic), _ = make_agents(2)
+    batch, weight = batch_for(2, [3, 4]), torch.rand(2, 8, generator=torch.Generator().manual_seed(5)) + 0.5
+    loss = matd3bc.td3bc_actor_loss(actor, critic, batch, weight, ARGS)
+    for i in range(2):
+        pis = [torch.tanh(by_hand(actor.net, i, batch["obs"][i, b])) for b in range(8)]
+        qs = torch.stack([by_hand(critic.net, i, torch.cat([batch["obs"][i, b], pis[b]]))[0] for b in range(8)])
+        scale = 2.5 / qs.abs().mean()
+        want = sum(weight[i, b] * (-scale * qs[b] + ((pis[b] - batch["actions"][i, b]) ** 2).mean()) for b in range(8)) / 8
+        torch.testing.assert_close(loss[i], want, rtol=1e-5, atol=1e-6)
+    loss.sum().backward()
+    assert all(p.grad is None for p in critic.parameters())  # the actor loss trains the actor only
+
+
+def test_vae_loss_by_hand_mean_squared_error_plus_half_the_mean_kl():
+    gens = dataset.agent_generators(3, [0, 1], "cpu")
+    vae = matd3bc.ConditionalVAE(3, 2, 4, 16, gens)
+    cond, act = torch.randn(2, 5, 3), torch.rand(2, 5, 2) * 2 - 1
+    noise = torch.randn(2, 5, 4, generator=torch.Generator().manual_seed(1))
+    loss = vae.loss(cond, act, noise)
+    for i in range(2):
+        out = by_hand(vae.encoder, i, torch.cat([cond[i], act[i]], -1))
+        mean, log_std = out[:, :4], out[:, 4:].clamp(-4, 15)
+        z = mean + log_std.exp() * noise[i]
+        recon = torch.tanh(by_hand(vae.decoder, i, torch.cat([cond[i], z], -1)))
+        kl = -0.5 * (1 + 2 * log_std - mean**2 - (2 * log_std).exp()).mean()
+        torch.testing.assert_close(loss[i], ((recon - act[i]) ** 2).mean() + 0.5 * kl, rtol=1e-5, atol=1e-6)
+
+
 def agent_gradients(batch, args):
     torch.manual_seed(0)
-    (actor, critic, actor_target, critic_target), _ = make_agents(2)
-    critic_loss, _, weight, _ = matd3bc.td3bc_critic_loss(critic, critic_target, actor_target, batch, batch["noise"], args)
+    (actor, critic), _ = make_agents(2)
+    (actor_target, critic_target), _ = make_agents(2, seed=7)  # targets other than the online networks
+    critic_loss, _, weight, _ = matd3bc.td3bc_critic_loss(critic, critic_target, actor_target, batch, args)
     critic_loss.sum().backward()
     actor_loss = matd3bc.td3bc_actor_loss(actor, critic, batch, weight, args)
     actor_loss.sum().backward()
@@ -112,21 +191,20 @@ def agent_gradients(batch, args):
 
 
 def test_other_agents_data_never_reaches_agent_0s_gradients():
-    args = SimpleNamespace(policy_noise=0.2, noise_clip=0.5, gamma=0.99, no_vd=False, epsilon=0.9, alpha=2.5)
-    first = agent_gradients(batch_for(2, [1, 2]), args)
-    second = agent_gradients(batch_for(2, [1, 99]), args)  # agent 1's data replaced
+    first = agent_gradients(batch_for(2, [1, 2]), ARGS)
+    second = agent_gradients(batch_for(2, [1, 99]), ARGS)  # agent 1's data replaced
     for a, b in zip(first, second):
         assert torch.equal(a, b)
-    third = agent_gradients(batch_for(2, [3, 2]), args)  # agent 0's own data does matter
+    third = agent_gradients(batch_for(2, [3, 2]), ARGS)  # agent 0's own data does matter
     assert not all(torch.equal(a, b) for a, b in zip(first, third))
 
 
 def test_agent_state_round_trip():
-    (actor, critic, *_), _ = make_agents(3)
-    (actor2, critic2, *_), _ = make_agents(3)
+    (actor, critic), _ = make_agents(3)
+    (actor2, critic2), _ = make_agents(3)
     for net, net2 in ((actor, actor2), (critic, critic2)):
-        state = matd3bc.agent_state(net, 1, 3)
-        matd3bc.load_agent_state(net2, 1, 3, state)
+        state = contract.agent_state(net, 1, 3)
+        contract.load_agent_state(net2, 1, 3, state)
         for (k, v), v2 in zip(net.state_dict().items(), net2.state_dict().values()):
             assert torch.equal(v[1::3], v2[1::3]), k
 
@@ -158,7 +236,8 @@ def test_smoke_run_writes_results_logs_and_checkpoints(tmp_path):
 def test_same_seed_same_results_on_cpu(tmp_path):
     run_script(tmp_path, *TINY, "--exp-name", "a")
     run_script(tmp_path, *TINY, "--exp-name", "b")
-    strip = lambda r: [{k: v for k, v in e.items() if k not in ("seconds", "train_seconds", "updates_per_second")} for e in r["evaluations"]]  # noqa: E731
+    strip = lambda r: [{k: v for k, v in e.items() if k not in ("seconds", "train_seconds", "updates_per_second", "ms_per_update")}
+                       for e in r["evaluations"]]  # noqa: E731
     assert strip(results(tmp_path, "a")[0]) == strip(results(tmp_path, "b")[0])
 
 
