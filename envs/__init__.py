@@ -106,23 +106,34 @@ def check_ranges(env_id: str, options: dict) -> None:
             raise InputError(f"{env_id}: {flag} must be one of {', '.join(CHOICES[name])}, got {value!r}")
 
 
+class EnvSpec:
+    """An env id resolved once: its registry entry (`module`), its env options and its dataset recipe, with the defaults
+    filled in and every value checked. The dataset functions take it rather than resolving the id again."""
+
+    def __init__(self, env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None):
+        self.env_id, self.module = env_id, env_module(env_id)
+        out = []
+        for given, defaults, what in ((env_kwargs, self.module.ENV_DEFAULTS, "env"), (recipe, self.module.RECIPE_DEFAULTS, "dataset")):
+            given = {k: v for k, v in (given or {}).items() if v is not None}
+            unknown = sorted(set(given) - set(defaults))
+            if unknown:
+                raise InputError(f"{env_id} has no {what} option {unknown}; it takes {sorted(defaults)}")
+            out.append({**defaults, **given})
+            check_ranges(env_id, out[-1])
+        self.env_kwargs, self.recipe = out
+
+    def make(self):
+        try:
+            return self.module.make(**self.env_kwargs)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+
+
 def resolve(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None) -> tuple[dict, dict]:
     """Fill in defaults; refuse keys the env does not know and values out of range."""
-    module = env_module(env_id)
-    out = []
-    for given, defaults, what in ((env_kwargs, module.ENV_DEFAULTS, "env"), (recipe, module.RECIPE_DEFAULTS, "dataset")):
-        given = {k: v for k, v in (given or {}).items() if v is not None}
-        unknown = sorted(set(given) - set(defaults))
-        if unknown:
-            raise InputError(f"{env_id} has no {what} option {unknown}; it takes {sorted(defaults)}")
-        out.append({**defaults, **given})
-        check_ranges(env_id, out[-1])
-    return out[0], out[1]
+    spec = EnvSpec(env_id, env_kwargs, recipe)
+    return spec.env_kwargs, spec.recipe
 
 
 def make(env_id: str, **env_kwargs):
-    env_kwargs, _ = resolve(env_id, env_kwargs)
-    try:
-        return env_module(env_id).make(**env_kwargs)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    return EnvSpec(env_id, env_kwargs).make()

@@ -56,9 +56,9 @@ def dataset_path(dataset_dir: str, env_id: str, env_kwargs: dict, recipe: dict) 
     return Path(dataset_dir) / f"{env_id}-{hashlib.sha1(key.encode()).hexdigest()[:10]}"
 
 
-def rebuild_command(env_id: str, env_kwargs: dict, recipe: dict, dataset_dir: str) -> str:
+def rebuild_command(env_id: str, env_kwargs: dict, recipe: dict, dataset_dir: str, module=None) -> str:
     """The `python -m envs.collect` line that rebuilds exactly this dataset (options that differ from the defaults)."""
-    module = envs.env_module(env_id)
+    module = module or envs.env_module(env_id)
     options = [f"--{k.replace('_', '-')} {shlex.quote(str(v))}"
                for defaults, given in ((module.ENV_DEFAULTS, env_kwargs), (module.RECIPE_DEFAULTS, recipe))
                for k, v in given.items() if defaults.get(k) != v]
@@ -165,16 +165,16 @@ def _fingerprint(module, recipe: dict) -> str | None:
     return module.fingerprint(recipe) if hasattr(module, "fingerprint") else None
 
 
-def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None, dataset_dir: str | None = None,
+def build(env_id: "str | envs.EnvSpec", env_kwargs: dict | None = None, recipe: dict | None = None, dataset_dir: str | None = None,
           replace: bool = False) -> Path:
     """Collect every agent's dataset (each from its own episodes) and write the folder atomically; an existing
     folder is kept unless `replace` (`python -m envs.collect --force`).
 
     Every check that can refuse the input runs before anything is written: option ranges, the env, the recipe's
     inputs (the entry's `preflight`), the dataset dir, a foreign folder under the dataset's name."""
-    env_kwargs, recipe = envs.resolve(env_id, env_kwargs, recipe)
-    module = envs.env_module(env_id)
-    env = envs.make(env_id, **env_kwargs)
+    spec = env_id if isinstance(env_id, envs.EnvSpec) else envs.EnvSpec(env_id, env_kwargs, recipe)
+    env_id, env_kwargs, recipe, module = spec.env_id, spec.env_kwargs, spec.recipe, spec.module
+    env = spec.make()
     if hasattr(module, "preflight"):
         try:
             module.preflight(env, recipe)
@@ -183,7 +183,7 @@ def build(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = Non
     dataset_dir = str(dataset_dir or default_dataset_dir())
     missing = _check_dataset_dir(dataset_dir)
     path = dataset_path(dataset_dir, env_id, env_kwargs, recipe)
-    command = rebuild_command(env_id, env_kwargs, recipe, dataset_dir)
+    command = rebuild_command(env_id, env_kwargs, recipe, dataset_dir, module)
     if not replace and path.is_symlink() and not path.exists():
         raise InputError(f"{path} is a broken link; remove it, or replace it with `{command}`")
     if path.exists() and not replace:
@@ -324,7 +324,7 @@ def validate(data: dict, env, agent_id: int, name: str, fix: str = "rebuild the 
                 raise InputError(f"{name}: a row of `{key}` allows no action at all; {fix}")
 
 
-def _check_meta(env_id: str, env_kwargs: dict, recipe: dict, env, path: Path, fix: str) -> dict:
+def _check_meta(spec: "envs.EnvSpec", env, path: Path, fix: str) -> dict:
     """meta.json of a dataset folder, checked against the requested env and recipe, this machine and this code."""
     try:
         meta = json.loads((path / "meta.json").read_text())
@@ -340,12 +340,12 @@ def _check_meta(env_id: str, env_kwargs: dict, recipe: dict, env, path: Path, fi
         why = ("older code wrote it, without the content hashes this code checks" if isinstance(version, int) and version < FORMAT_VERSION
                else "this code does not know that format")
         raise InputError(f"{path} has format {version}, this code reads {FORMAT_VERSION} ({why}); {fix}")
-    for key, want in (("env_id", env_id), ("env_kwargs", env_kwargs), ("recipe", recipe)):
+    env_id, recipe, module = spec.env_id, spec.recipe, spec.module
+    for key, want in (("env_id", env_id), ("env_kwargs", spec.env_kwargs), ("recipe", recipe)):
         if meta.get(key) != want:
             raise InputError(f"{path} was built for {key}={meta.get(key)}, not the requested {want}; {fix}")
     if meta.get("n_agents") != env.n_agents:
         raise InputError(f"{path} holds {meta.get('n_agents')} agents, {env_id} has {env.n_agents}; {fix}")
-    module = envs.env_module(env_id)
     versions, built = _versions(module), meta.get("versions") or {}
     for package in getattr(module, "PINNED_PACKAGES", ()):
         if built.get(package) != versions[package]:
@@ -400,12 +400,12 @@ def _read_agent(path: Path, meta: dict, env, agent_id: int, fix: str) -> dict:
     return data
 
 
-def _open(env_id, env_kwargs, recipe, dataset_dir, build_if_missing):
-    env_kwargs, recipe = envs.resolve(env_id, env_kwargs, recipe)
-    env = envs.make(env_id, **env_kwargs)
+def _open(spec: "envs.EnvSpec", dataset_dir, build_if_missing):
+    env_id, env_kwargs, recipe = spec.env_id, spec.env_kwargs, spec.recipe
+    env = spec.make()
     dataset_dir = str(dataset_dir or default_dataset_dir())
     path = dataset_path(dataset_dir, env_id, env_kwargs, recipe)
-    command = rebuild_command(env_id, env_kwargs, recipe, dataset_dir)
+    command = rebuild_command(env_id, env_kwargs, recipe, dataset_dir, spec.module)
     fix = f"rebuild it with `{command}`"
     if not (path / "meta.json").exists():
         if path.exists() or path.is_symlink():
@@ -414,8 +414,8 @@ def _open(env_id, env_kwargs, recipe, dataset_dir, build_if_missing):
         if not build_if_missing:
             raise InputError(f"no dataset at {path}; build it with `{command.removesuffix(' --force')}`")
         print(f"building the {env_id} dataset at {path} (once)")
-        build(env_id, env_kwargs, recipe, dataset_dir)
-    return env, path, fix, _check_meta(env_id, env_kwargs, recipe, env, path, fix)
+        build(spec, dataset_dir=dataset_dir)
+    return env, path, fix, _check_meta(spec, env, path, fix)
 
 
 def _agent_ids(env_id, env, agent_ids):
@@ -439,14 +439,14 @@ def load(
 
     Only the listed agents' files are opened (and hashed), so one agent can train on its own file alone.
     """
-    env, path, fix, meta = _open(env_id, env_kwargs, recipe, dataset_dir, build_if_missing)
+    env, path, fix, meta = _open(envs.EnvSpec(env_id, env_kwargs, recipe), dataset_dir, build_if_missing)
     data = {agent_id: _read_agent(path, meta, env, agent_id, fix) for agent_id in _agent_ids(env_id, env, agent_ids)}
     return env, data, {**meta, "path": str(path)}
 
 
 def verify(env_id: str, env_kwargs: dict | None = None, recipe: dict | None = None, dataset_dir: str | None = None) -> dict:
     """Check an existing dataset whole, every agent's file, one at a time (memory of one file); its meta."""
-    env, path, fix, meta = _open(env_id, env_kwargs, recipe, dataset_dir, build_if_missing=False)
+    env, path, fix, meta = _open(envs.EnvSpec(env_id, env_kwargs, recipe), dataset_dir, build_if_missing=False)
     for agent_id in range(env.n_agents):
         _read_agent(path, meta, env, agent_id, fix)
     return meta
