@@ -1,55 +1,42 @@
 # docs and experiment results: docs/mabcq_discrete.md
-"""MABCQ (discrete): discrete BCQ (Fujimoto et al., 2019, "Benchmarking Batch Deep RL
-Algorithms") with the value deviation and transition normalisation weights of "Offline
-Decentralized Multi-Agent Reinforcement Learning" (Jiang & Lu, ECAI 2023, arXiv 2108.01832).
+"""MABCQ (discrete): discrete BCQ (Fujimoto et al., 2019) with the value deviation and transition normalisation weights
+of "Offline Decentralized Multi-Agent Reinforcement Learning" (Jiang & Lu, ECAI 2023, arXiv 2108.01832).
 
-Every agent i is an independent offline learner on its own dataset B_i of
-(o_i, a_i, r, o'_i, done, avail masks): its own Q-network, behaviour classifier, VAEs and
-optimiser state; no parameter sharing, no communication. All N learners are stored as one
-batched ensemble (a leading agent dimension on every weight), mathematically N separate
-learners. Agents with fewer actions than others have their extra actions masked out.
+Every agent i is an independent offline learner on its own dataset B_i of (o_i, a_i, r, o'_i, done, avail masks): its
+own Q-network, behaviour classifier, VAEs and optimiser state; no parameter sharing, no communication. The N learners
+are one batched ensemble (a leading agent dimension on every weight), mathematically N separate learners
+(tests/test_mabcq_discrete.py); an agent's actions beyond its own count are masked out. The run contract and per-agent
+sampling live in envs/run.py and envs/dataset.py.
 
     python mabcq_discrete.py --env-id matrix-game --tn-estimator count   # MABCQ, Table 4
     python mabcq_discrete.py --env-id matrix-game --no-tn                # BCQ w/ lambda_vd, Table 3
     python mabcq_discrete.py --env-id matrix-game --no-vd --no-tn        # BCQ, Table 2
     python mabcq_discrete.py --env-id smax-3m --quality medium           # MABCQ on SMAC (SMAX), Table 8
     python mabcq_discrete.py --resume runs/<run_name>                    # continue a killed run
-
-Sections: Args -> the algorithm (networks, lambda weights, losses) -> evaluation -> data
-plumbing -> the run contract (docs/results.md, the same in every script) -> main.
 """
 
-import atexit
-import contextlib
-import json
 import os
-import platform
 import random
-import signal
-import subprocess
-import tempfile
-import time
-from dataclasses import asdict, dataclass, fields, replace
-from importlib import metadata
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import tyro
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import envs
-from envs import InputError
+from envs import InputError, matrix_game
 from envs import dataset as datasets
-from envs import matrix_game
+from envs import run as contract
+from envs.dataset import gather, randn, sample_indices
+
+SCRIPT = "mabcq_discrete"
 
 
 @dataclass
-class Args:
+class Args(contract.RunArgs):
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
     """the name of this experiment"""
     seed: int = 1
@@ -66,14 +53,6 @@ class Args:
     """the entity (team) of wandb's project"""
     save_model: bool = False
     """whether to save one checkpoint per agent into `runs/{run_name}`"""
-    run_name: str | None = None
-    """the run folder under runs/ (None: `{env_id}__{exp_name}{variant}__{seed}__{time}`; may contain `/`)"""
-    resume: str | None = None
-    """continue the run in this folder (e.g. `runs/<run_name>`) from its checkpoint, with its flags"""
-    checkpoint_freq: int = 0
-    """write the training state every this many steps (0: at every evaluation)"""
-    threads: int = 0
-    """torch threads (0: share the cores with the other runs on this machine, see docs/results.md)"""
 
     # Algorithm specific arguments
     env_id: str = "matrix-game"
@@ -86,12 +65,6 @@ class Args:
     """episodes per agent in the dataset (None: the env's recipe default, 1e5 for matrix-game, 1e4 for smax)"""
     quality: str | None = None
     """smax only: the dataset, random, medium, replay or expert (None: expert, the env's default)"""
-    dataset_dir: str = datasets.default_dataset_dir()
-    """root folder of the datasets (built there if absent; env var ODMARL_DATASET_DIR)"""
-    agent_ids: str | None = None
-    """comma-separated agents to train, e.g. `0`; only their dataset files are read (None: all)"""
-    checkpoints: tuple[str, ...] = ()
-    """evaluate a team assembled from these per-agent checkpoints (one per agent, in order) and exit"""
     total_steps: int = 30_000
     """gradient steps per agent"""
     eval_freq: int = 5_000
@@ -119,9 +92,9 @@ class Args:
     no_tn: bool = False
     """switch off the transition normalisation weight lambda_tn"""
     tn_max: float = 10.0
-    """lambda_tn is capped at this (>= 1): the paper finds [0.2, 1.4] for almost all samples, but the VAE ratio gives a few rare transitions 1e4 to 1e7 on SMAX"""
+    """lambda_tn is capped at this (>= 1): the paper finds [0.2, 1.4]; the VAE ratio gives rare SMAX ones 1e4 to 1e7"""
     tn_estimator: Literal["vae", "count"] = "vae"
-    """lambda_tn from the paper's two conditional VAEs, or exact 1 / P(s'|s, a) from dataset counts (small discrete state spaces)"""
+    """lambda_tn from the paper's two conditional VAEs, or exact 1 / P(s'|s, a) from counts (small discrete states)"""
     vae_steps: int = 5_000
     """gradient steps of the two conditional VAEs that give lambda_tn (fitted first, then frozen)"""
     vae_batch_size: int = 256
@@ -134,23 +107,13 @@ class Args:
 
 def check_args(args: Args) -> None:
     """Every flag's range, before anything is read or written."""
-    if not 0 <= args.epsilon <= 1:
-        raise InputError(f"--epsilon must lie in [0, 1] (lambda_vd is clipped to [1 - eps, 1 + eps]), got {args.epsilon}")
-    if not args.tn_max >= 1:
-        raise InputError(f"--tn-max must be >= 1 (a cap of 1 leaves no lambda_tn above 1), got {args.tn_max}")
-    if not 0 <= args.threshold < 1:
-        raise InputError(f"--threshold must lie in [0, 1) (the greedy action must pass its own filter), got {args.threshold}")
-    if not 0 < args.tau <= 1:
-        raise InputError(f"--tau must lie in (0, 1], got {args.tau}")
-    if not 0 < args.gamma < 1:
-        raise InputError(f"--gamma must lie in (0, 1), got {args.gamma}")
-    for name in ("total_steps", "vae_steps", "checkpoint_freq", "threads"):
-        if getattr(args, name) < 0:
-            raise InputError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
-    for name in ("eval_freq", "eval_episodes", "batch_size", "vae_batch_size", "hidden_dim", "target_update_freq",
-                 "vae_latent_dim", "learning_rate", "vae_learning_rate"):
-        if getattr(args, name) <= 0:
-            raise InputError(f"--{name.replace('_', '-')} must be > 0, got {getattr(args, name)}")
+    contract.check_ranges(
+        args, at_least_zero=("vae_steps",),
+        positive=("batch_size", "vae_batch_size", "hidden_dim", "target_update_freq", "vae_latent_dim", "learning_rate",
+                  "vae_learning_rate"),
+        intervals={"epsilon": ("[0, 1]", "lambda_vd is clipped to [1 - eps, 1 + eps]"), "tau": ("(0, 1]", ""),
+                   "gamma": ("(0, 1)", ""), "tn_max": ("[1, inf)", "a cap of 1 leaves no lambda_tn above 1"),
+                   "threshold": ("[0, 1)", "the greedy action must pass its own filter")})
 
 
 def algorithm(args: Args) -> tuple[str, str]:
@@ -161,25 +124,17 @@ def algorithm(args: Args) -> tuple[str, str]:
     return name, variant
 
 
-# per-env defaults of flags left unset: on the matrix game agent 0's a2 has behaviour probability
-# 0.2 = 0.25 x 0.8, so the paper's SMAC threshold 0.6 (Table 12, the default) would forbid the optimal
-# joint action (a2, a1). On SMAC the paper uses epsilon 0.99, the default.
+# per-env defaults of flags left unset: on the matrix game agent 0's a2 has behaviour probability 0.2 = 0.25 x 0.8, so
+# SMAC's threshold 0.6 (Table 12, the default, as is its epsilon 0.99) would forbid the optimal joint action (a2, a1).
 PRESETS = {"matrix-game": dict(threshold=0.1)}
-DEFAULT_THRESHOLD = 0.6
+DEFAULTS = dict(threshold=0.6)  # every other env
 IMITATION_LOGIT_PENALTY = 1e-2  # discrete BCQ's 1e-2 * logits^2 on the classifier
 
 
-def agent_generators(seed: int, agent_ids: list[int], device) -> list[torch.Generator]:
-    """One random stream per agent, seeded by (seed, agent id): what agent i draws never
-    depends on which other agents train in the same process."""
-    return [
-        torch.Generator(device).manual_seed(int(np.random.SeedSequence([seed, i]).generate_state(1)[0]))
-        for i in agent_ids
-    ]
-
-
-def randn(generators, *shape, device) -> torch.Tensor:  # [n_agents, *shape]
-    return torch.stack([torch.randn(*shape, generator=g, device=device) for g in generators])
+def apply_presets(args: Args) -> None:
+    for name, value in PRESETS.get(args.env_id, DEFAULTS).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 # ALGO LOGIC: the networks, one member per agent (or per agent and head)
@@ -210,11 +165,8 @@ class MLP(nn.Module):
 
     def __init__(self, in_dim, out_dim, hidden_dim, generators, twins=1, device=None):
         super().__init__()
-        self.layers = nn.ModuleList([
-            VectorizedLinear(in_dim, hidden_dim, generators, twins, device),
-            VectorizedLinear(hidden_dim, hidden_dim, generators, twins, device),
-            VectorizedLinear(hidden_dim, out_dim, generators, twins, device),
-        ])
+        sizes = ((in_dim, hidden_dim), (hidden_dim, hidden_dim), (hidden_dim, out_dim))
+        self.layers = nn.ModuleList([VectorizedLinear(i, o, generators, twins, device) for i, o in sizes])
 
     def forward(self, x, members=None):
         for layer in self.layers[:-1]:
@@ -223,8 +175,7 @@ class MLP(nn.Module):
 
 
 class QNetwork(nn.Module):
-    """discrete BCQ's network: Q-values and a behaviour classifier (imitation logits), two separate
-    MLPs like its FC_Q, stored as 2N members: every agent's Q head, then every agent's classifier."""
+    """discrete BCQ's FC_Q, Q-values and a behaviour classifier: 2N members, every agent's Q head, then classifier."""
 
     def __init__(self, obs_dim, n_actions, hidden_dim, generators, device=None):
         super().__init__()
@@ -254,9 +205,8 @@ def take(values, actions):  # values [n_agents, batch, n_actions], actions [n_ag
 
 
 def targets(qnet, qnet_target, obs, actions, next_obs, next_avail, threshold):
-    """V'(s') and Q^(s, a), both from the target network. As in discrete BCQ (double DQN), the
-    next action is the online Q's best among those passing the online classifier's filter and
-    the mask; lambda_vd uses the same V'(s') as the TD target."""
+    """V'(s') and Q^(s, a), both from the target network. As in discrete BCQ (double DQN), the next action is the
+    online Q's best among those passing the online classifier's filter and the mask; lambda_vd uses the same V'(s')."""
     q_next, logits_next = qnet(next_obs)
     next_action = greedy_action(q_next, allowed_actions(logits_next, next_avail, threshold))
     target_q = qnet_target.q(torch.cat([next_obs, obs], 1))  # one target pass over s' and s
@@ -267,18 +217,37 @@ def targets(qnet, qnet_target, obs, actions, next_obs, next_avail, threshold):
 def value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon):
     """lambda_vd = clip(1 + (V'(s') - E[V(s')]) / |E[V(s')]|, 1 - eps, 1 + eps), from target networks.
 
-    E[V(s')] is estimated from the sample as (Q(s, a) - r) / gamma. A terminal transition
-    has no next-state value to be optimistic about: its weight is 1.
-    """
+    E[V(s')] is estimated from the sample as (Q(s, a) - r) / gamma. A terminal transition has no next-state value
+    to be optimistic about: its weight is 1."""
     expected = (q_sa - rewards) / gamma
     lambda_vd = 1 + (next_value - expected) / (expected.abs() + 1e-6)
     lambda_vd = lambda_vd.clamp(1 - epsilon, 1 + epsilon)
     return torch.where(dones, torch.ones_like(lambda_vd), lambda_vd)
 
 
+def bcq_losses(qnet, qnet_target, batch, threshold, args):
+    """Per-agent discrete BCQ losses of a batch {key: [n_agents, batch, *]} with each transition's lambda_tn: the TD
+    loss E[lambda_tn * lambda_vd * (Q(s, a) - y)^2], y = r + gamma (1 - done) V'(s') (eq. (1)), and the behaviour
+    classifier's -log pi_b(a|s) over the available actions + 1e-2 logits^2 (unweighted: it models the data). Returns
+    (td_loss, imitation_loss) [n_agents], Q(s, a), logits [n_agents, batch, *], lambda_vd [n_agents, batch] or None."""
+    obs, actions, rewards, next_obs, dones = (batch[k] for k in ("obs", "actions", "rewards", "next_obs", "dones"))
+    with torch.no_grad():
+        next_value, q_hat = targets(qnet, qnet_target, obs, actions, next_obs, batch["next_avail_actions"], threshold)
+        td_target = rewards + args.gamma * torch.where(dones, 0.0, next_value)
+        weight, lambda_vd = batch["lambda_tn"], None
+        if not args.no_vd:
+            lambda_vd = value_deviation(next_value, q_hat, rewards, dones, args.gamma, args.epsilon)
+            weight = weight * lambda_vd
+    q, logits = qnet(obs)  # [n_agents, batch, n_actions]
+    q_sa = take(q, actions)
+    td_loss = (weight * (q_sa - td_target) ** 2).mean(-1)  # eq. (1), [n_agents]; squared, not Huber: see the docs
+    log_pi_b = F.log_softmax(logits.masked_fill(~batch["avail_actions"], -torch.inf), -1)
+    imitation_loss = -take(log_pi_b, actions).mean(-1) + IMITATION_LOGIT_PENALTY * logits.pow(2).mean((1, 2))
+    return td_loss, imitation_loss, q_sa, logits, lambda_vd
+
+
 def count_lambda_tn(obs, actions, next_obs):
-    """Exact lambda_tn = 1 / P^(s'|s, a) = N(s, a) / N(s, a, s') over identical (obs, action, next obs)
-    tuples of one agent's data. Meant for small discrete state spaces: where every tuple is unique it is 1."""
+    """Exact lambda_tn = 1 / P^(s'|s, a) = N(s, a) / N(s, a, s') over one agent's (obs, action, next obs) tuples."""
     sa = np.concatenate([obs, actions.reshape(-1, 1).astype(obs.dtype)], 1)
     sa_id = np.unique(sa, axis=0, return_inverse=True)[1].reshape(-1)
     sas_id = np.unique(np.concatenate([sa, next_obs], 1), axis=0, return_inverse=True)[1].reshape(-1)
@@ -311,25 +280,12 @@ def transition_normalization(g1_mean, g2_mean):
     return torch.exp(((g2_mean**2).sum(-1) - (g1_mean**2).sum(-1)) / 2)
 
 
-def lambda_tn_summary(lambda_tn, sizes, agent_ids, tn_max) -> dict:
-    """Per agent, before the cap at --tn-max: mean, min, 1st/50th/99th percentile, max, and the fraction capped."""
-    out = {}
-    for e, i in enumerate(agent_ids):
-        lt = lambda_tn[e, : sizes[e]].float()
-        p1, p50, p99 = torch.quantile(lt, torch.tensor([0.01, 0.5, 0.99], device=lt.device)).tolist()
-        out[str(i)] = dict(mean=lt.mean().item(), min=lt.min().item(), p1=p1, median=p50, p99=p99, max=lt.max().item(),
-                           capped=(lt > tn_max).float().mean().item())
-    return out
-
-
 def fit_lambda_tn(data, args, generators, device, progress=True, on_step=None):
-    """Fit G1(a|s) and G2(a|s, s') on each agent's own data, then compute lambda_tn once
-    for every transition (the VAEs are frozen afterwards). Returns [n_agents, T] and the logs."""
+    """Fit G1(a|s) and G2(a|s, s') on each agent's own data, then lambda_tn [n_agents, T] of every transition; logs."""
     obs_dim, n_actions = data["obs"].shape[-1], data["avail_actions"].shape[-1]
     g1 = ConditionalVAE(obs_dim, n_actions, args.vae_latent_dim, args.hidden_dim, generators, device)
     g2 = ConditionalVAE(2 * obs_dim, n_actions, args.vae_latent_dim, args.hidden_dim, generators, device)
     optimizer = torch.optim.Adam([*g1.parameters(), *g2.parameters()], lr=args.vae_learning_rate, fused=True)
-    logs = {}
     for _ in tqdm(range(args.vae_steps), desc="fitting VAEs for lambda_tn", disable=not progress):
         if on_step is not None:  # e.g. the run's share of the cores
             on_step()
@@ -342,7 +298,7 @@ def fit_lambda_tn(data, args, generators, device, progress=True, on_step=None):
         optimizer.zero_grad(set_to_none=True)
         (loss_g1 + loss_g2).sum().backward()
         optimizer.step()
-        logs = {"vae/g1_loss": loss_g1.mean().item(), "vae/g2_loss": loss_g2.mean().item()}
+    logs = {"vae/g1_loss": loss_g1.mean().item(), "vae/g2_loss": loss_g2.mean().item()} if args.vae_steps else {}
     lambda_tn = torch.empty(data["obs"].shape[:2], device=device)
     mu_sq = torch.zeros(2, device=device)  # sum of |mu1|^2 and |mu2|^2: which encoder carries the information
     with torch.no_grad():
@@ -354,25 +310,22 @@ def fit_lambda_tn(data, args, generators, device, progress=True, on_step=None):
             mu2, _ = g2.encode(torch.cat([obs, next_obs], -1), onehot)
             lambda_tn[:, s] = transition_normalization(mu1, mu2)
             mu_sq += torch.stack([(mu1**2).sum(), (mu2**2).sum()])
-    logs.update({"vae/mu1_sq_norm": mu_sq[0].item() / lambda_tn.numel(), "vae/mu2_sq_norm": mu_sq[1].item() / lambda_tn.numel()})
+    logs.update({f"vae/mu{k + 1}_sq_norm": mu_sq[k].item() / lambda_tn.numel() for k in range(2)})
     return lambda_tn, logs
 
 
 # ALGO LOGIC: evaluation of the team, and the paper's Tables 2-4 on the matrix game
 @torch.no_grad()
 def evaluate(env, qnet, threshold, n_episodes, gamma, seed, device):
-    """Run the team's greedy policies (argmax of Q over the actions passing the filter and the mask).
-
-    Returns the team return (undiscounted, first `eval_episode_len` steps) and the extrapolation
-    error |(1/N) sum_i Q_i(o_i, a_i) - G| at the start states, G the discounted Monte-Carlo return."""
-    rng = np.random.default_rng(seed)
-    obs = env.reset(n_episodes, rng)
+    """The team's greedy policies (argmax of Q over the allowed actions): team return (undiscounted, `eval_episode_len`
+    steps), extrapolation error |(1/N) sum_i Q_i(o_i, a_i) - G| at the start (G: discounted Monte-Carlo return)."""
+    obs = env.reset(n_episodes, np.random.default_rng(seed))
     n_actions = qnet.net.layers[-1].weight.shape[-1]
-    team_return, discounted_return = np.zeros(n_episodes), np.zeros(n_episodes)
-    alive = np.ones(n_episodes, dtype=bool)
+    team_return, discounted_return, alive = np.zeros(n_episodes), np.zeros(n_episodes), np.ones(n_episodes, dtype=bool)
     for t in range(env.eval_episode_len):
         o = torch.as_tensor(np.stack(obs), device=device)  # [n_agents, episodes, obs_dim]
-        avail = torch.as_tensor(pad_masks(env.avail_actions(), n_actions), device=device)
+        avail = np.stack([np.pad(m, [(0, 0), (0, n_actions - m.shape[1])]) for m in env.avail_actions()])
+        avail = torch.as_tensor(avail, device=device)  # [n_agents, episodes, n_actions]; padded actions unavailable
         q, logits = qnet(o)
         act = greedy_action(q, allowed_actions(logits, avail, threshold))
         if t == 0:
@@ -384,94 +337,55 @@ def evaluate(env, qnet, threshold, n_episodes, gamma, seed, device):
         alive &= ~terminated
         if not alive.any():
             break
-    out = dict(
-        team_return=float(team_return.mean()),
-        team_return_std=float(team_return.std()),
-        extrapolation_error=float(np.abs(q_start - discounted_return).mean()),
-        q_start=float(q_start.mean()),
-        mc_return=float(discounted_return.mean()),
-        start_actions=start_actions,
-    )
-    if hasattr(env, "won"):  # SMAX: every enemy dead while an ally lives
-        out["win_rate"] = float(env.won.mean())
-    return out
+    won = {"win_rate": float(env.won.mean())} if hasattr(env, "won") else {}  # SMAX: all enemies dead, an ally alive
+    return dict(team_return=float(team_return.mean()), team_return_std=float(team_return.std()),
+                extrapolation_error=float(np.abs(q_start - discounted_return).mean()), q_start=float(q_start.mean()),
+                mc_return=float(discounted_return.mean()), start_actions=start_actions, **won)
 
 
 @torch.no_grad()
 def value_difference(qnet, threshold, agent_obs):
-    """max_i V_i(s) - min_i V_i(s), averaged over states, V_i(s) = max over the allowed actions of Q_i(o_i, .)
-    (Table 6). Every action counts as available: the states come without masks."""
+    """max_i V_i(s) - min_i V_i(s) averaged over states (Table 6), V_i(s) = max of Q_i(o_i, a) over a passing the filter
+    (the states come without masks: every action counts as available)."""
     q, logits = qnet(agent_obs)
-    values = q.masked_fill(~allowed_actions(logits, torch.ones_like(q, dtype=torch.bool), threshold), -torch.inf).max(-1).values
+    allowed = allowed_actions(logits, torch.ones_like(q, dtype=torch.bool), threshold)
+    values = q.masked_fill(~allowed, -torch.inf).max(-1).values  # [n_agents, n_states]
     return float((values.max(0).values - values.min(0).values).mean())
 
 
 @torch.no_grad()
 def matrix_game_tables(env, agent_data, agent_ids, lambda_tn, qnet, qnet_target, threshold, args, device):
-    """Tables 2-4 of the paper from the learned networks: per agent and own action a, the dataset's
-    P(outcome | start, a) and lambda_tn (envs/matrix_game.py), lambda_vd from the final target networks, the
-    modified P^ ~ P lambda_tn lambda_vd, the expected return sum_s' P^(s') V'(s') and the network's own
-    estimate Q_i(start, a) / gamma (what the greedy policy compares); next to the closed-form fixed
-    point of the same formulas on the same data (outcome values = payoffs)."""
-    n_actions = qnet.net.layers[-1].weight.shape[-1]
-    tables = []
+    """Tables 2-4 of the paper from the learned networks: per agent and own action a, the dataset's P(outcome | start,
+    a) and lambda_tn (envs/matrix_game.py), lambda_vd from the target networks, P^ ~ P lambda_tn lambda_vd, the expected
+    return sum_s' P^(s') V'(s') and the network's Q_i(start, a) / gamma (what the greedy policy compares); next to the
+    closed-form fixed point of the same formulas (outcome values = payoffs). Also V_i(start)'s spread (Prop. 1)."""
+    n_actions, tables = qnet.net.layers[-1].weight.shape[-1], []
+    rep = lambda x: torch.as_tensor(x, device=device).expand(len(agent_ids), *x.shape)  # noqa: E731, every member
     for e, i in enumerate(agent_ids):
-        table = matrix_game.dataset_table(env, agent_data[i], i, lambda_tn[e, : len(agent_data[i]["rewards"])].cpu().numpy())
+        own_tn = lambda_tn[e, : len(agent_data[i]["rewards"])].cpu().numpy()  # the padding is not agent i's
+        table = matrix_game.dataset_table(env, agent_data[i], i, own_tn)
         n_own, n_other = table["counts"].shape
-        rep = lambda x: torch.as_tensor(x, device=device).expand(len(agent_ids), *x.shape)  # noqa: E731, every member sees it
-        obs, actions, next_obs = matrix_game.start_transitions(env, i)
-        next_avail = rep(pad_masks([np.ones((len(obs), env.act_dims[i]), bool)], n_actions)[0])
-        next_value, q_sa = (x[e] for x in targets(qnet, qnet_target, rep(obs), rep(actions), rep(next_obs), next_avail, threshold[e]))
+        obs, actions, next_obs = map(rep, matrix_game.start_transitions(env, i))  # [n_agents, n_outcomes, *]
+        next_avail = rep(np.tile(np.arange(n_actions) < env.act_dims[i], (obs.shape[1], 1)))  # padded: unavailable
+        next_value, q_sa = (x[e] for x in targets(qnet, qnet_target, obs, actions, next_obs, next_avail, threshold[e]))
+        zeros = torch.zeros_like(q_sa)  # the start step: reward 0, not terminal
         vd = torch.ones_like(next_value) if args.no_vd else value_deviation(
-            next_value, q_sa, torch.zeros_like(q_sa), torch.zeros_like(q_sa, dtype=torch.bool), args.gamma, args.epsilon)
+            next_value, q_sa, zeros, zeros.bool(), args.gamma, args.epsilon)
         vd = vd.cpu().numpy().reshape(n_own, n_other)
         weights = table["p_data"] * table["lambda_tn"] * vd
         p_mod = weights / np.maximum(weights.sum(1, keepdims=True), 1e-12)
         next_value = next_value.cpu().numpy().reshape(n_own, n_other)
-        q_start = qnet.q(rep(obs[:1]))[e, 0, :n_own].cpu().numpy()
-        p_closed, e_closed = matrix_game.closed_form(table["p_data"], table["payoff"], table["lambda_tn"], not args.no_vd, args.epsilon)
+        q_start = qnet.q(obs[:, :1])[e, 0, :n_own].cpu().numpy()
+        p_closed, e_closed = matrix_game.closed_form(table["p_data"], table["payoff"], table["lambda_tn"],
+                                                     not args.no_vd, args.epsilon)
         tables.append(dict(
             agent_id=i, payoff=table["payoff"].tolist(), counts=table["counts"].astype(int).tolist(),
             p_dataset=table["p_data"].tolist(), lambda_tn=table["lambda_tn"].tolist(), lambda_vd=vd.tolist(),
             p_modified=p_mod.tolist(), p_closed_form=p_closed.tolist(), next_value=next_value.tolist(),
             expected_return=(p_mod * next_value).sum(1).tolist(), expected_return_closed_form=e_closed.tolist(),
-            q_over_gamma=(q_start / args.gamma).tolist(), lambda_tn_step2=table["lambda_tn_step2"],
-        ))
-    return tables
-
-
-
-
-# TRY NOT TO MODIFY: per-agent data on the device, sampled with each agent's own stream
-RNG_CHUNK = 1000
-
-
-def sample_indices(sizes, shape, generators):  # [n_agents, *shape], agent i's from [0, sizes[i])
-    return torch.stack([torch.randint(int(s), shape, generator=g, device=g.device) for s, g in zip(sizes, generators)])
-
-
-def gather(array, idx):  # array [n_agents, T, *], idx [n_agents, batch] -> [n_agents, batch, *]
-    return array[torch.arange(array.shape[0], device=array.device)[:, None], idx]
-
-
-def pad_masks(masks, n_actions):  # per-agent [*, n_i] -> [*, n_actions]; padded actions are never available
-    return np.stack([np.pad(m, [(0, 0)] * (m.ndim - 1) + [(0, n_actions - m.shape[-1])]) for m in masks])
-
-
-def stack_agent_data(agent_data: list[dict], n_actions: int, device):
-    """Stack the agents' arrays along a leading agent dimension, padding to the longest dataset;
-    every agent samples only its own first `size` rows."""
-    if len({d["obs"].shape[1] for d in agent_data}) > 1:
-        raise InputError("the batched ensemble needs equal observation sizes across agents")
-    size = max(len(d["rewards"]) for d in agent_data)
-    out = {"size": [len(d["rewards"]) for d in agent_data]}
-    for key in ("obs", "actions", "rewards", "next_obs", "dones", "avail_actions", "next_avail_actions"):
-        arrays = [d[key] for d in agent_data]
-        if key.endswith("avail_actions"):
-            arrays = list(pad_masks(arrays, n_actions)) if len({a.shape[1] for a in arrays}) > 1 else arrays
-        padded = [np.concatenate([a, np.repeat(a[-1:], size - len(a), 0)]) for a in arrays]
-        out[key] = torch.as_tensor(np.stack(padded), device=device)
-    return out
+            q_over_gamma=(q_start / args.gamma).tolist(), lambda_tn_step2=table["lambda_tn_step2"]))
+    values = [max(t["q_over_gamma"]) * args.gamma for t in tables]  # V_i(start)
+    return dict(tables=tables, start_value_difference=max(values) - min(values))  # Proposition 1: consensus on V
 
 
 def soft_update(target, source, tau):
@@ -479,309 +393,63 @@ def soft_update(target, source, tau):
         torch._foreach_lerp_(list(target.parameters()), list(source.parameters()), tau)
 
 
-def agent_state(module, index, n_agents):
-    """Agent `index`'s members of an ensemble module (members i, i + n, ...) as a plain state dict."""
-    return {k: v[index::n_agents].clone().cpu() for k, v in module.state_dict().items()}
-
-
-def load_agent_state(module, index, n_agents, state):
-    with torch.no_grad():
-        for k, v in module.state_dict().items():
-            v[index::n_agents] = state[k]
-
-
-# TRY NOT TO MODIFY: the run contract of docs/results.md, word for word the same in every script
-SCRIPT = Path(__file__).stem
-SCHEMA_VERSION = 1
-CHECKPOINT_FORMAT = "odmarl-train-state-1"
-AGENT_FORMAT = "odmarl-agent-1"
-# what a --resume may change: none of these changes what is learned
-RESUMABLE_CHANGES = ("resume", "total_steps", "eval_freq", "eval_episodes", "checkpoint_freq", "threads", "cuda",
-                     "track", "wandb_project_name", "wandb_entity", "save_model")
-
-
-def parse_args():
-    """The flags; with `--resume runs/NAME` the run's saved flags are the defaults, and a change to any
-    flag outside RESUMABLE_CHANGES is refused (it would make the resumed run another experiment)."""
-    args = tyro.cli(Args)
-    if args.resume is None:
-        return args
-    try:
-        saved = json.loads((Path(args.resume) / "results.json").read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"--resume {args.resume}: no readable results.json there ({e}); pass a run folder such as runs/<run_name>") from None
-    if saved.get("script") != SCRIPT:
-        raise InputError(f"--resume {args.resume}: that run is of {saved.get('script')}.py, not {SCRIPT}.py")
-    names = {f.name for f in fields(Args)}
-    defaults = replace(Args(), **{k: tuple(v) if isinstance(v, list) else v for k, v in saved["args"].items() if k in names})
-    args = tyro.cli(Args, default=replace(defaults, resume=args.resume))
-    changed = [k for k in names if k not in RESUMABLE_CHANGES and getattr(args, k) != getattr(defaults, k)]
-    if changed:
-        flag = changed[0].replace("_", "-")
-        raise InputError(f"--resume: --{flag} {getattr(args, changed[0])} differs from the run's {getattr(defaults, changed[0])}; "
-                         f"drop --{flag} to resume, or start a new run")
-    return args
-
-
-def parse_agent_ids(text: str | None, n_agents: int) -> list[int]:
-    if text is None:
-        return list(range(n_agents))
-    try:
-        agent_ids = [int(i) for i in text.split(",")]
-    except ValueError:
-        raise InputError(f"--agent-ids takes comma-separated integers like `0,1`, got {text!r}") from None
-    if len(set(agent_ids)) != len(agent_ids) or not all(0 <= i < n_agents for i in agent_ids):
-        raise InputError(f"--agent-ids must be distinct ids in 0..{n_agents - 1}, got {text!r}")
-    return agent_ids
-
-
-def pick_device(cuda: bool) -> torch.device:
-    if cuda and not torch.cuda.is_available():
-        raise InputError("--cuda: torch sees no CUDA device on this machine; drop --cuda to train on the CPU")
-    return torch.device("cuda" if cuda else "cpu")
-
-
-class CoreShare:
-    """`--threads 0` shares the cores with this project's other runs on the machine: each run keeps a pid
-    file in one folder and, at every `update()` (once a second at most), uses max(1, cores // live runs) threads. Two runs that
-    each use both of two cores slow each other down ~6x (docs/contention.md). OMP_NUM_THREADS, when set,
-    caps the cores. `--threads N` fixes N. The results do not depend on the thread count (tested)."""
-
-    FOLDER = Path(tempfile.gettempdir()) / "odmarl-runs"
-
-    def __init__(self, threads: int):
-        affinity = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)
-        self.threads, self.cores = threads, min(len(affinity), int(os.environ.get("OMP_NUM_THREADS") or 1 << 16))
-        self.checked = -1.0
-        if threads == 0:
-            self.FOLDER.mkdir(exist_ok=True)
-            pid_file = self.FOLDER / str(os.getpid())
-            pid_file.touch()
-            atexit.register(pid_file.unlink, missing_ok=True)
-        self.update()
-
-    def update(self, force: bool = False) -> int:
-        """Cheap enough to call at every step: it looks at the other runs at most once a second."""
-        if not force and time.monotonic() - self.checked < 1.0:
-            return torch.get_num_threads()
-        self.checked = time.monotonic()
-        n = self.threads or max(1, self.cores // max(1, self.live_runs()))
-        if n != torch.get_num_threads():
-            torch.set_num_threads(n)
-        return n
-
-    def live_runs(self) -> int:
-        live = 0
-        for pid_file in self.FOLDER.iterdir():
-            try:
-                os.kill(int(pid_file.name), 0)
-                live += 1
-            except (ValueError, ProcessLookupError):  # not a pid, or a run that died: tidy it away
-                pid_file.unlink(missing_ok=True)
-            except PermissionError:  # another user's live run
-                live += 1
-        return live
-
-
-def write_json(path, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def save_torch(path, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_torch(path, what: str) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a missing, truncated or foreign file: torch raises many kinds
-        raise InputError(f"cannot load {what} {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return obj if isinstance(obj, dict) else {}
-
-
-def git_commit() -> str | None:
-    root = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("+dirty" if dirty else "") if commit else None
-
-
-def package_versions(env_id: str) -> dict:
-    out = {"python": platform.python_version()}
-    for package in ("torch", "numpy", *getattr(envs.env_module(env_id), "PINNED_PACKAGES", ())):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = None
-    return out
-
-
-def cpu_info() -> dict:
-    """The CPU and the kernel set torch picked on it: a run is bit-identical only on the same set (docs/results.md)."""
-    model = platform.processor() or None
-    with contextlib.suppress(OSError, StopIteration):
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability()}
-
-
-def start_run(args, algorithm: str, variant: str, meta: dict, agent_ids: list[int], device) -> tuple[Path, dict, dict | None]:
-    """The run folder, its results.json (status running) and, with --resume, the training state to go on from."""
-    if args.resume is not None:
-        run_dir = Path(args.resume)
-        results = json.loads((run_dir / "results.json").read_text())
-        state = load_torch(run_dir / "checkpoint.pt", "checkpoint") if (run_dir / "checkpoint.pt").exists() else None
-        if state is not None and (state.get("format"), state.get("script")) != (CHECKPOINT_FORMAT, SCRIPT):
-            raise InputError(f"{run_dir / 'checkpoint.pt'} is not a {SCRIPT}.py training state; start a new run")
-        if state is not None and state["step"] > args.total_steps:
-            raise InputError(f"--total-steps {args.total_steps} is below the {state['step']} steps the run has done")
-        step = state["step"] if state else 0
-        results.update(status="running", error=None, pid=os.getpid(), host=platform.node(), args=asdict(args),
-                       evaluations=state["results"]["evaluations"] if state else [],
-                       seconds=state["results"]["seconds"] if state else 0.0,
-                       final=state["results"]["final"] if state else None,
-                       resumed_at_steps=results.get("resumed_at_steps", []) + [step])
+def transition_weights(data, agent_data, args, generators, run, device):
+    """lambda_tn of every transition, fixed before Q-learning: counted or fitted (or restored from the checkpoint),
+    ones when switched off, capped at --tn-max. The uncapped spread goes to results.json."""
+    if args.no_tn:
+        return torch.ones(data["rewards"].shape, device=device)
+    if run.state is not None:
+        return run.state["lambda_tn"].to(device)
+    if args.tn_estimator == "count":  # each agent's, padded like its data with ones (never sampled)
+        counted = [count_lambda_tn(*(agent_data[i][k] for k in ("obs", "actions", "next_obs"))) for i in run.agent_ids]
+        counted = [np.pad(c, (0, data["rewards"].shape[1] - len(c)), constant_values=1) for c in counted]
+        lambda_tn = torch.as_tensor(np.stack(counted), device=device)
     else:
-        env_name = args.env_id.replace(":", "-").replace("/", "-")  # minari:mujoco/hopper/medium-v0 is one folder
-        run_name = args.run_name or f"{env_name}__{args.exp_name}{variant}__{args.seed}__{int(time.time())}"
-        run_dir = Path("runs") / run_name
-        if (run_dir / "results.json").exists():
-            raise InputError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, or pick another --run-name")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        state = None
-        results = dict(
-            schema_version=SCHEMA_VERSION, status="running", error=None, run_name=run_name, script=SCRIPT,
-            algorithm=algorithm, env_id=args.env_id, env_kwargs=meta["env_kwargs"],
-            dataset=dict(path=meta.get("path"), recipe=meta.get("recipe"), fingerprint=meta.get("content_sha256")),
-            seed=args.seed, agent_ids=agent_ids, args=asdict(args), git_commit=git_commit(),
-            versions=package_versions(args.env_id), device=str(device), threads=args.threads or "auto",
-            host=platform.node(), cpu=cpu_info(), pid=os.getpid(), started=time.strftime("%Y-%m-%dT%H:%M:%S"),
-            resumed_at_steps=[], evaluations=[], final=None, seconds=0.0,
-        )
-    write_results(run_dir, results)
-    print(f"results: {run_dir / 'results.json'}")
-    return run_dir, results, state
+        lambda_tn, run.results["vae"] = fit_lambda_tn(data, args, generators, device, on_step=run.cores.update)
+        run.scalars(0, run.results["vae"])
+        print(", ".join(f"{k} {v:.3f}" for k, v in run.results["vae"].items()))
+    run.results["lambda_tn"] = contract.lambda_tn_summary(lambda_tn, data["size"], run.agent_ids, args.tn_max)
+    return lambda_tn.clamp(max=args.tn_max)
 
 
-def write_results(run_dir: Path, results: dict) -> None:
-    results["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_json(run_dir / "results.json", results)
+def evaluate_checkpoints(args, env, env_kwargs, device) -> None:
+    """--checkpoints: a team assembled from separately trained agents, evaluated once; their own settings win."""
+    n_agents, obs_dim, n_actions = env.n_agents, env.obs_dims[0], max(env.act_dims)
+    ckpts, args = contract.load_agent_checkpoints(args, SCRIPT, env_kwargs, n_agents, shared=("hidden_dim",))
+    generators = datasets.agent_generators(args.seed, list(range(n_agents)), device)
+    qnet = QNetwork(obs_dim, n_actions, args.hidden_dim, generators, device)
+    contract.load_team(ckpts, dict(qnet=qnet))
+    threshold = torch.tensor([c["args"]["threshold"] for c in ckpts], device=device)[:, None, None]  # each agent's own
+    final = contract.evaluate_checkpoints(args, SCRIPT, env_kwargs, ckpts, algorithm, lambda: evaluate(
+        env, qnet, threshold, args.eval_episodes, args.gamma, args.seed, device), device)
+    print(f"team of {n_agents} checkpoints: return {final['team_return']:.2f} ± {final['team_return_std']:.2f}, "
+          f"joint action at the first state {final['start_actions']}")
 
 
-@contextlib.contextmanager
-def recorded(run_dir: Path, results: dict):
-    """results.json says how the block ended: complete, interrupted (Ctrl-C, SIGTERM) or failed (with the error).
-    A SIGKILL leaves "running" with a dead pid; --resume continues from the last checkpoint."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    except KeyboardInterrupt:
-        results["status"] = "interrupted"
-        write_results(run_dir, results)
-        raise
-    except BaseException as e:
-        results.update(status="failed", error=f"{type(e).__name__}: {e}")
-        write_results(run_dir, results)
-        raise
-    else:
-        results["status"] = "complete"
-        write_results(run_dir, results)
-        print(f"results: {run_dir / 'results.json'}")
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def load_agent_checkpoints(paths, env_id: str, env_kwargs: dict, n_agents: int) -> list[dict]:
-    """--checkpoints: one file per agent, in agent order, each saved by this script for this env and agent."""
-    if len(paths) != n_agents:
-        raise InputError(f"--checkpoints needs one file per agent ({n_agents} for {env_id}), got {len(paths)}")
-    checkpoints = []
-    for i, path in enumerate(paths):
-        ckpt = load_torch(path, "checkpoint")
-        if (ckpt.get("format"), ckpt.get("script")) != (AGENT_FORMAT, SCRIPT):
-            raise InputError(f"{path} is not an agent checkpoint of {SCRIPT}.py (save one with --save-model)")
-        if (ckpt.get("env_id"), ckpt.get("env_kwargs"), ckpt.get("agent_id")) != (env_id, env_kwargs, i):
-            raise InputError(f"{path} holds agent {ckpt.get('agent_id')} of {ckpt.get('env_id')} {ckpt.get('env_kwargs')}, "
-                             f"expected agent {i} of {env_id} {env_kwargs}")
-        checkpoints.append(ckpt)
-    return checkpoints
-
-
-def save_agent_checkpoints(run_dir: Path, agent_ids: list[int], env_kwargs: dict, args, tensors: list[dict]) -> None:
-    """--save-model: one file per agent, loadable alone (`--checkpoints`)."""
-    for agent_id, agent_tensors in zip(agent_ids, tensors):
-        path = run_dir / f"agent_{agent_id}.pt"
-        save_torch(path, dict(format=AGENT_FORMAT, script=SCRIPT, agent_id=agent_id, env_id=args.env_id,
-                              env_kwargs=env_kwargs, args=asdict(args), **agent_tensors))
-        print(f"saved {path}")
-
+KEYS = ("obs", "actions", "rewards", "next_obs", "dones", "avail_actions", "next_avail_actions")  # besides lambda_tn
 
 if __name__ == "__main__":
-    args = parse_args()
-    if args.threshold is None:
-        args.threshold = PRESETS.get(args.env_id, {}).get("threshold", DEFAULT_THRESHOLD)
+    args = contract.parse_args(Args, SCRIPT)
+    apply_presets(args)
     check_args(args)
-    algorithm_name, variant = algorithm(args)
-    device = pick_device(args.cuda)
-    if args.track:
-        try:
-            import wandb
-        except ImportError:
-            raise InputError("--track needs wandb: pip install wandb") from None
+    device = contract.pick_device(args.cuda)
+    contract.check_wandb(args.track)
 
     # the environment and the agents this process trains
     env_kwargs = {k: getattr(args, k) for k in ("payoff", "behavior") if getattr(args, k) is not None}
     env = envs.make(args.env_id, **env_kwargs)
     if not env.discrete:
         raise InputError(f"{args.env_id} has continuous actions; use mabcq_continuous.py or matd3bc.py")
-    full_env_kwargs, _ = envs.resolve(args.env_id, env_kwargs)
-    n_agents, obs_dim, n_actions = env.n_agents, env.obs_dims[0], max(env.act_dims)
-    agent_ids = list(range(n_agents)) if args.checkpoints else parse_agent_ids(args.agent_ids, n_agents)
-
-    if args.checkpoints:  # evaluate a team assembled from separately trained agents: their own settings win
-        ckpts = load_agent_checkpoints(args.checkpoints, args.env_id, full_env_kwargs, n_agents)
-        if len({c["args"]["hidden_dim"] for c in ckpts}) > 1:
-            raise InputError("the checkpoints have different --hidden-dim; a team needs one network size")
-        args.hidden_dim = ckpts[0]["args"]["hidden_dim"]
-        qnet = QNetwork(obs_dim, n_actions, args.hidden_dim, agent_generators(args.seed, agent_ids, device), device)
-        threshold = torch.empty((n_agents, 1, 1), device=device)
-        for i, ckpt in enumerate(ckpts):
-            load_agent_state(qnet, i, n_agents, ckpt["qnet"])
-            threshold[i] = ckpt["args"]["threshold"]  # every agent acts with its own filter
-        run_dir, results, _ = start_run(args, "team of checkpoints", "-team", {"env_kwargs": full_env_kwargs}, agent_ids, device)
-        results["checkpoints"] = [dict(path=str(p), algorithm=algorithm(replace(args, no_vd=c["args"]["no_vd"], no_tn=c["args"]["no_tn"]))[0],
-                                       args=c["args"]) for p, c in zip(args.checkpoints, ckpts)]
-        with recorded(run_dir, results):
-            results["final"] = evaluate(env, qnet, threshold, args.eval_episodes, args.gamma, args.seed, device)
-        print(f"team of {n_agents} checkpoints: return {results['final']['team_return']:.2f} ± {results['final']['team_return_std']:.2f}"
-              f", joint action at the first state {results['final']['start_actions']}")
+    if args.checkpoints:
+        evaluate_checkpoints(args, env, envs.resolve(args.env_id, env_kwargs)[0], device)
         raise SystemExit(0)
+    n_agents, obs_dim, n_actions = env.n_agents, env.obs_dims[0], max(env.act_dims)
+    agent_ids = contract.parse_agent_ids(args.agent_ids, n_agents)
 
     # data: agent i reads only its own file
     recipe = {"n_episodes": args.n_episodes, "quality": args.quality}
     env, agent_data, meta = datasets.load(args.env_id, env_kwargs, recipe, args.dataset_dir, agent_ids)
-    meta["path"] = str(datasets.dataset_path(args.dataset_dir, args.env_id, meta["env_kwargs"], meta["recipe"]))
-
-    # the run folder: nothing is written before this point
-    run_dir, results, state = start_run(args, algorithm_name, variant, meta, agent_ids, device)
-    if args.track:
-        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True,
-                   config=vars(args), name=results["run_name"], save_code=True, resume="allow")
-    writer = SummaryWriter(str(run_dir))
-    writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % "\n".join(f"|{k}|{v}|" for k, v in vars(args).items()))
-    cores = CoreShare(args.threads)
+    run = contract.Run(args, SCRIPT, *algorithm(args), meta, agent_ids, device)  # nothing is written before
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -790,167 +458,62 @@ if __name__ == "__main__":
     torch.backends.cudnn.deterministic = args.torch_deterministic
     torch.set_flush_denormal(True)  # Adam's second moments decay into denormals, which are ~10x slower on CPU
 
-    with recorded(run_dir, results):
-        generators = agent_generators(args.seed, agent_ids, device)
+    with run:
+        generators = datasets.agent_generators(args.seed, agent_ids, device)
         qnet = QNetwork(obs_dim, n_actions, args.hidden_dim, generators, device)
         threshold = torch.full((len(agent_ids), 1, 1), args.threshold, device=device)  # per agent
-        data = stack_agent_data([agent_data[i] for i in agent_ids], n_actions, device)
-        analysis_obs = None
-        if len(agent_ids) > 1 and hasattr(env, "observe"):  # states from the union of the agents' data, through each agent's eyes
-            union = np.concatenate([agent_data[i]["states"] for i in agent_ids])
-            union = union[np.random.default_rng(args.seed).choice(len(union), min(10_000, len(union)), replace=False)]
-            analysis_obs = torch.as_tensor(np.stack([env.observe(union)[i] for i in agent_ids]), device=device)
-
+        data = datasets.stack_agents([agent_data[i] for i in agent_ids], KEYS, device, n_actions=n_actions)
+        analysis_obs = None  # for Table 6's value difference; SMAX cannot show one agent's states to another
+        if len(agent_ids) > 1 and hasattr(env, "observe"):
+            analysis_obs = datasets.analysis_states(env, agent_data, agent_ids, 10_000, args.seed, device)
         # ALGO LOGIC: lambda_tn is fixed per transition, computed once before Q-learning
-        if args.no_tn:
-            lambda_tn = torch.ones(data["rewards"].shape, device=device)
-        elif state is not None:
-            lambda_tn = state["lambda_tn"].to(device)
-        elif args.tn_estimator == "count":
-            counted = [count_lambda_tn(agent_data[i]["obs"], agent_data[i]["actions"], agent_data[i]["next_obs"]) for i in agent_ids]
-            lambda_tn = torch.as_tensor(np.stack([np.pad(c, (0, data["rewards"].shape[1] - len(c)), constant_values=1) for c in counted]), device=device)
-        else:
-            lambda_tn, results["vae"] = fit_lambda_tn(data, args, generators, device, on_step=cores.update)
-            for k, v in results["vae"].items():
-                writer.add_scalar(k, v, 0)
-            print(", ".join(f"{k} {v:.3f}" for k, v in results["vae"].items()))
-        if state is None and not args.no_tn:  # before the cap: what to set against the paper's [0.2, 1.4]
-            results["lambda_tn"] = lambda_tn_summary(lambda_tn, data["size"], agent_ids, args.tn_max)
-            for agent, stats in results["lambda_tn"].items():
-                print(f"agent {agent}: lambda_tn " + ", ".join(f"{k} {v:.3g}" for k, v in stats.items()))
-        lambda_tn = lambda_tn.clamp(max=args.tn_max)
-
+        data["lambda_tn"] = lambda_tn = transition_weights(data, agent_data, args, generators, run, device)
         qnet_target = QNetwork(obs_dim, n_actions, args.hidden_dim, generators, device)
         qnet_target.load_state_dict(qnet.state_dict())
         optimizer = torch.optim.Adam(qnet.parameters(), lr=args.learning_rate, fused=True)
-        modules, optimizers = dict(qnet=qnet, qnet_target=qnet_target), dict(qnet=optimizer)
-        start_step, chunk, logs, resumed_train_seconds = 0, None, {}, 0.0
-        if state is not None:  # go on exactly where the checkpoint left off
-            for k, m in modules.items():
-                m.load_state_dict(state["modules"][k])
-            for k, o in optimizers.items():
-                o.load_state_dict(state["optimizers"][k])
-            for g, g_state in zip(generators, state["generators"]):
-                g.set_state(g_state)
-            start_step, logs, resumed_train_seconds = state["step"], state["logs"], state["train_seconds"]
-            chunk = {k: v.to(device) for k, v in state["rng_chunk"].items()} if state["rng_chunk"] else None
-            print(f"resumed at step {start_step}")
+        sampler = datasets.Sampler(data, (*KEYS, "lambda_tn"), args.batch_size, generators)
+        run.restore(dict(qnet=qnet, qnet_target=qnet_target), dict(qnet=optimizer), sampler)
 
-        def save_state(step):
-            save_torch(run_dir / "checkpoint.pt", dict(
-                format=CHECKPOINT_FORMAT, script=SCRIPT, step=step, args=asdict(args),
-                modules={k: m.state_dict() for k, m in modules.items()},
-                optimizers={k: o.state_dict() for k, o in optimizers.items()},
-                generators=[g.get_state() for g in generators], lambda_tn=lambda_tn.cpu(), rng_chunk=chunk,
-                logs=logs, train_seconds=train_seconds + time.time() - tick,
-                results={k: results[k] for k in ("evaluations", "final", "seconds")},
-            ))
+        def evaluate_team(step):
+            with run.evaluation(step) as entry:
+                if analysis_obs is not None:
+                    entry["value_difference"] = value_difference(qnet, threshold, analysis_obs)
+                if len(agent_ids) == n_agents:
+                    entry.update(evaluate(env, qnet, threshold, args.eval_episodes, args.gamma, args.seed + step,
+                                          device))
+                if args.env_id == "matrix-game":
+                    entry.update(matrix_game_tables(env, agent_data, agent_ids, lambda_tn, qnet, qnet_target,
+                                                    threshold, args, device))
 
-        def evaluate_and_record(step):
-            entry = dict(step=step, seconds=round(results["seconds"] + time.time() - session_start, 1))
-            previous = results["evaluations"][-1] if results["evaluations"] else dict(step=0, train_seconds=0.0)
-            entry["train_seconds"] = previous["train_seconds"] + train_seconds
-            entry["updates_per_second"] = (step - previous["step"]) / max(train_seconds, 1e-9)
-            if analysis_obs is not None:
-                entry["value_difference"] = value_difference(qnet, threshold, analysis_obs)
-            if len(agent_ids) == n_agents:
-                entry.update(evaluate(env, qnet, threshold, args.eval_episodes, args.gamma, args.seed + step, device))
-            entry.update({k.split("/")[1]: v for k, v in logs.items() if k.startswith(("weights/", "losses/"))})
-            if args.env_id == "matrix-game":
-                entry["tables"] = matrix_game_tables(env, agent_data, agent_ids, lambda_tn, qnet, qnet_target, threshold, args, device)
-                values = [max(t["q_over_gamma"]) * args.gamma for t in entry["tables"]]  # V_i(start)
-                entry["start_value_difference"] = max(values) - min(values)  # Proposition 1: consensus on V
-            for k, v in entry.items():
-                if isinstance(v, float) and k not in ("seconds", "train_seconds") and not k.startswith(("lambda_", "td_", "policy_", "q_")):
-                    writer.add_scalar(f"eval/{k}", v, step)
-            results["evaluations"].append(entry)
-            results["final"] = entry
-            line = f"step {step}"
-            if "team_return" in entry:
-                line += f" | team return {entry['team_return']:.2f} ± {entry['team_return_std']:.2f}"
-                line += f" | extrapolation error {entry['extrapolation_error']:.2f}"
-            if "win_rate" in entry:
-                line += f" | win rate {entry['win_rate']:.2f}"
-            if "lambda_vd_mean" in entry:
-                line += f" | lambda_vd {entry['lambda_vd_mean']:.3f}"
-            tqdm.write(line)
-
-        session_start, train_seconds, tick = time.time(), resumed_train_seconds, time.time()
         if args.total_steps == 0:  # nothing to learn: evaluate the untrained team once
-            evaluate_and_record(0)
-        progress = tqdm(range(start_step + 1, args.total_steps + 1), desc="training", unit=" steps",
-                        initial=start_step, total=args.total_steps)
-        for global_step in progress:
-            cores.update()
+            evaluate_team(0)
+            run.checkpoint(0, force=True, lambda_tn=lambda_tn)
+        for global_step in run.steps():
             # ALGO LOGIC: one discrete BCQ update of every agent, the TD loss weighted by lambda_tn * lambda_vd
-            if (global_step - 1) % RNG_CHUNK == 0:  # one draw per agent for RNG_CHUNK steps: per-step draws cost more
-                chunk = dict(idx=sample_indices(data["size"], (RNG_CHUNK, args.batch_size), generators))
-            idx = chunk["idx"][:, (global_step - 1) % RNG_CHUNK]
-            obs, actions, rewards = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["rewards"], idx)
-            next_obs, dones = gather(data["next_obs"], idx), gather(data["dones"], idx)
-            avail, next_avail = gather(data["avail_actions"], idx), gather(data["next_avail_actions"], idx)
-            with torch.no_grad():
-                next_value, q_sa_target = targets(qnet, qnet_target, obs, actions, next_obs, next_avail, threshold)
-                td_target = rewards + args.gamma * torch.where(dones, 0.0, next_value)
-                weight = gather(lambda_tn, idx)
-                if not args.no_vd:
-                    lambda_vd = value_deviation(next_value, q_sa_target, rewards, dones, args.gamma, args.epsilon)
-                    weight = weight * lambda_vd
-            q, logits = qnet(obs)  # [n_agents, batch, n_actions]
-            q_sa = take(q, actions)
-            q_loss = (weight * (q_sa - td_target) ** 2).mean(-1)  # eq. (1), [n_agents]; squared, not Huber: see the docs
-            # the behaviour classifier pi_b(a|s) over the available actions (unweighted: it models the data)
-            log_pi_b = F.log_softmax(logits.masked_fill(~avail, -torch.inf), -1)
-            imitation_loss = -take(log_pi_b, actions).mean(-1) + IMITATION_LOGIT_PENALTY * logits.pow(2).mean((1, 2))
+            batch = sampler.sample(global_step)
+            td_loss, imitation_loss, q_sa, logits, lambda_vd = bcq_losses(qnet, qnet_target, batch, threshold, args)
             optimizer.zero_grad(set_to_none=True)
-            (q_loss + imitation_loss).sum().backward()  # sum over agents: each agent's gradient is its own loss's
+            (td_loss + imitation_loss).sum().backward()  # sum over agents: each agent's gradient is its own loss's
             optimizer.step()
             if global_step % args.target_update_freq == 0:
                 soft_update(qnet_target, qnet, args.tau)
-
-            evaluate_now = global_step % args.eval_freq == 0 or global_step == args.total_steps
-            if global_step % 1000 == 0 or evaluate_now:
-                logs = {
-                    "losses/td_loss": q_loss.mean().item(),
+            if run.log_due(global_step):
+                allowed = allowed_actions(logits, batch["avail_actions"], threshold)
+                run.log(global_step, {
+                    "losses/td_loss": td_loss.mean().item(), "losses/q_values": q_sa.mean().item(),
                     "losses/policy_loss": imitation_loss.mean().item(),  # the behaviour classifier's
-                    "losses/q_values": q_sa.mean().item(),
-                    "charts/allowed_actions": allowed_actions(logits, avail, threshold).float().sum(-1).mean().item(),
-                }
-                if not args.no_tn:
-                    batch_tn = gather(lambda_tn, idx)
-                    logs.update({f"weights/lambda_tn_{f}": getattr(batch_tn, f)().item() for f in ("mean", "min", "max")})
-                if not args.no_vd:
-                    live = lambda_vd[~dones] if (~dones).any() else lambda_vd  # terminal transitions are 1 by definition
-                    logs.update({f"weights/lambda_vd_{f}": getattr(live, f)().item() for f in ("mean", "min", "max")})
-                    logs["weights/lambda_vd_clipped"] = ((live - 1).abs() >= args.epsilon - 1e-6).float().mean().item()
-                for k, v in logs.items():
-                    writer.add_scalar(k, v, global_step)
-                writer.add_scalar("charts/updates_per_second", (global_step - start_step) / (time.time() - session_start), global_step)
+                    "charts/allowed_actions": allowed.float().sum(-1).mean().item(),
+                    **contract.weight_logs(batch, lambda_vd, args)})
+            if run.eval_due(global_step):
+                evaluate_team(global_step)
+            run.checkpoint(global_step, lambda_tn=lambda_tn)
 
-            checkpoint_now = evaluate_now if args.checkpoint_freq == 0 else global_step % args.checkpoint_freq == 0
-            if evaluate_now or checkpoint_now:
-                train_seconds += time.time() - tick
-                if evaluate_now:
-                    evaluate_and_record(global_step)
-                    train_seconds = 0.0
-                results["seconds"] += time.time() - session_start
-                session_start = time.time()
-                if checkpoint_now or global_step == args.total_steps:
-                    save_state(global_step)
-                write_results(run_dir, results)
-                tick = time.time()
-
-        if args.total_steps == 0:
-            results["seconds"] += time.time() - session_start
-            save_state(0)
-        if args.env_id == "matrix-game" and results["final"]:  # the paper's Tables 2-4, then the joint action
-            weights = "no weights (BCQ)" if args.no_vd and args.no_tn else " * ".join(
-                w for w, off in (("lambda_vd", args.no_vd), (f"lambda_tn ({args.tn_estimator})", args.no_tn)) if not off)
-            matrix_game.print_tables(results["final"]["tables"], weights)
-            if "start_actions" in results["final"]:
-                joint = results["final"]["start_actions"]
-                print(f"greedy joint action (a{joint[0] + 1}, a{joint[1] + 1}): payoff {results['final']['team_return']:g}")
+        final, tn = run.results["final"], f"lambda_tn ({args.tn_estimator})"
+        if args.env_id == "matrix-game" and final:  # the paper's Tables 2-4 as learned, then the joint action
+            weights = [w for w, off in (("lambda_vd", args.no_vd), (tn, args.no_tn)) if not off]
+            matrix_game.print_tables(final["tables"], " * ".join(weights) or "no weights (BCQ)")
+            if "start_actions" in final:
+                joint = final["start_actions"]
+                print(f"greedy joint action (a{joint[0] + 1}, a{joint[1] + 1}): payoff {final['team_return']:g}")
         if args.save_model:
-            save_agent_checkpoints(run_dir, agent_ids, meta["env_kwargs"], args,
-                                   [dict(qnet=agent_state(qnet, e, len(agent_ids))) for e in range(len(agent_ids))])
-    writer.close()
+            run.save_agents(meta["env_kwargs"], dict(qnet=qnet))

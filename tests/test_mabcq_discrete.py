@@ -1,10 +1,9 @@
 """mabcq_discrete.py: the weights, the masks, the count estimator, and the matrix game's Tables 2-4."""
 
-import json
-import os
-import subprocess
+import math
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import conftest  # noqa: E402
 import envs  # noqa: E402
+import envs.dataset  # noqa: E402
 import envs.matrix_game  # noqa: E402
 import mabcq_discrete as M  # noqa: E402
 
@@ -92,7 +92,7 @@ def test_masks_are_respected():
     assert M.allowed_actions(uniform[:, :1], torch.zeros_like(avail[:, :1]), 0.6).all()
 
     # the TD target and lambda_vd's V'(s') never use a masked next action, nor does evaluation
-    gens = M.agent_generators(0, [0], "cpu")
+    gens = envs.dataset.agent_generators(0, [0], "cpu")
     qnet = M.QNetwork(3, 3, 8, gens)
     with torch.no_grad():
         last = qnet.net.layers[-1]
@@ -121,6 +121,111 @@ def test_masks_are_respected():
 
     metrics = M.evaluate(MaskedGame(), qnet, 0.6, 4, 0.99, 0, "cpu")
     assert metrics["team_return"] == 1.0 and metrics["start_actions"] == [1]
+
+
+def linear_qnet(q_values, logits):
+    """A QNetwork whose outputs on one-hot observations are set by hand: agent e's Q(state k, .) = q_values[e][k] and
+    classifier logits(state k, .) = logits[e][k]. Hidden width = observation size, identity hidden layers (ReLU passes
+    non-negative inputs), zero biases, the last layer's weight holds the tables."""
+    q_values, logits = torch.tensor(q_values), torch.tensor(logits)  # [n_agents, n_states, n_actions]
+    n_agents, n_states, n_actions = q_values.shape
+    qnet = M.QNetwork(n_states, n_actions, n_states, envs.dataset.agent_generators(0, list(range(n_agents)), "cpu"))
+    with torch.no_grad():
+        for layer in qnet.net.layers:
+            layer.bias.zero_()
+        for layer in qnet.net.layers[:2]:
+            layer.weight.copy_(torch.eye(n_states).expand_as(layer.weight))
+        qnet.net.layers[2].weight.copy_(torch.cat([q_values, logits]))  # members: every Q head, then every classifier
+    return qnet
+
+
+def one_hot(states, n_states=2):
+    return torch.nn.functional.one_hot(torch.tensor(states), n_states).float()
+
+
+def test_bcq_losses_by_hand():
+    """One agent, states s = (1, 0) and s' = (0, 1), two actions, gamma 0.5, three transitions from s:
+    t0 (a=1, r=1), t1 (a=0, r=0.5, terminal), t2 (a=1, r=0, action 0 masked at s and at s')."""
+    log3, log005 = math.log(3.0), math.log(0.05)
+    # online: Q(s) = (1, 2), Q(s') = (3, 5); pi_b(s) = (0.25, 0.75), pi_b(s') = (0.95, 0.05) up to normalisation
+    qnet = linear_qnet([[[1.0, 2.0], [3.0, 5.0]]], [[[0.0, log3], [0.0, log005]]])
+    # target: Q(s) = (4, 6), Q(s') = (7, 9); its classifier is never used
+    qnet_target = linear_qnet([[[4.0, 6.0], [7.0, 9.0]]], [[[50.0, -50.0], [50.0, -50.0]]])
+    both, second = [True, True], [False, True]
+    batch = dict(obs=one_hot([[0, 0, 0]]), next_obs=one_hot([[1, 1, 1]]), actions=torch.tensor([[1, 0, 1]]),
+                 rewards=torch.tensor([[1.0, 0.5, 0.0]]), dones=torch.tensor([[False, True, False]]),
+                 avail_actions=torch.tensor([[both, both, second]]),
+                 next_avail_actions=torch.tensor([[both, both, second]]), lambda_tn=torch.tensor([[2.0, 0.5, 1.0]]))
+    threshold = torch.full((1, 1, 1), 0.3)
+    args = SimpleNamespace(gamma=0.5, epsilon=0.28, no_vd=False)
+
+    td_loss, imitation_loss, q_sa, logits, lambda_vd = M.bcq_losses(qnet, qnet_target, batch, threshold, args)
+    # V'(s'): the online Q's best action that passes the online filter and the mask, valued by the target network.
+    # t0: action 1 (Q 5) fails the filter (0.05 / 0.95 < 0.3), so action 0: target Q(s', 0) = 7; t2: only action 1: 9
+    # y = r + gamma V'(s'), no bootstrap on a terminal: (1 + 0.5 * 7, 0.5, 0 + 0.5 * 9) = (4.5, 0.5, 4.5)
+    # lambda_vd from the target network: E = (Q^(s, a) - r) / gamma = ((6 - 1) / 0.5, (4 - 0.5) / 0.5, 6 / 0.5)
+    # = (10, 7, 12); 1 + (V' - E) / |E| = (0.7 -> clipped to 0.72, terminal: 1, 0.75)
+    assert lambda_vd[0].tolist() == pytest.approx([0.72, 1.0, 0.75], abs=1e-6)
+    assert q_sa.tolist() == [[2.0, 1.0, 2.0]]
+    # the TD loss: mean of lambda_tn * lambda_vd * (Q(s, a) - y)^2, Q(s, a) = (2, 1, 2)
+    expected_td = (2.0 * 0.72 * 2.5**2 + 0.5 * 1.0 * 0.5**2 + 1.0 * 0.75 * 2.5**2) / 3
+    assert td_loss.tolist() == pytest.approx([expected_td], rel=1e-6)
+    # imitation: -log pi_b(a|s) over the available actions (t2: action 1 alone, so 0), + 1e-2 * mean logits^2
+    expected_imitation = (-math.log(0.75) - math.log(0.25) + 0.0) / 3 + 1e-2 * log3**2 / 2
+    assert imitation_loss.tolist() == pytest.approx([expected_imitation], rel=1e-6)
+    assert logits.shape == (1, 3, 2)
+
+    # without lambda_vd the weight is lambda_tn alone, and none is returned
+    no_vd = SimpleNamespace(**{**vars(args), "no_vd": True})
+    td_loss, _, _, _, lambda_vd = M.bcq_losses(qnet, qnet_target, batch, threshold, no_vd)
+    assert lambda_vd is None
+    assert td_loss.tolist() == pytest.approx([(2.0 * 2.5**2 + 0.5 * 0.5**2 + 1.0 * 2.5**2) / 3], rel=1e-6)
+    # a lower threshold lets action 1 (Q 5) through at t0: V'(s') = target Q(s', 1) = 9, y = 5.5
+    td_loss, _, _, _, lambda_vd = M.bcq_losses(qnet, qnet_target, batch, torch.full((1, 1, 1), 0.01), args)
+    assert lambda_vd[0, 0].item() == pytest.approx(0.9, abs=1e-6)  # 1 + (9 - 10) / 10
+    assert td_loss.item() == pytest.approx((2.0 * 0.9 * 3.5**2 + 0.5 * 0.5**2 + 0.75 * 2.5**2) / 3, rel=1e-6)
+    # the losses train the online network only; the target network gets no gradient
+    td_loss, imitation_loss, *_ = M.bcq_losses(qnet, qnet_target, batch, threshold, args)
+    (td_loss + imitation_loss).sum().backward()
+    assert all(p.grad is None for p in qnet_target.parameters())
+    assert qnet.net.layers[2].weight.grad.abs().sum() > 0
+
+
+def random_batch(seed, n_agents, batch_size=16, obs_dim=3, n_actions=3):
+    g = torch.Generator().manual_seed(seed)
+    avail = torch.rand(2, n_agents, batch_size, n_actions, generator=g) < 0.7
+    avail[..., 0] = True  # at least one legal action
+    actions = torch.stack([torch.multinomial(m.float(), 1, generator=g).squeeze(-1) for m in avail[0]])
+    return dict(obs=torch.randn(n_agents, batch_size, obs_dim, generator=g), actions=actions,
+                rewards=torch.randn(n_agents, batch_size, generator=g),
+                next_obs=torch.randn(n_agents, batch_size, obs_dim, generator=g),
+                dones=torch.rand(n_agents, batch_size, generator=g) < 0.2, avail_actions=avail[0],
+                next_avail_actions=avail[1], lambda_tn=torch.rand(n_agents, batch_size, generator=g) * 2)
+
+
+def test_an_agents_gradient_depends_on_its_own_batch_alone():
+    """The batched ensemble is N learners: replacing agent 1's batch leaves agent 0's gradient bit for bit the same."""
+    n_agents = 2
+    gens = envs.dataset.agent_generators(0, list(range(n_agents)), "cpu")
+    qnet, qnet_target = M.QNetwork(3, 3, 8, gens), M.QNetwork(3, 3, 8, gens)
+    threshold = torch.tensor([0.3, 0.6]).view(2, 1, 1)
+    args = SimpleNamespace(gamma=0.99, epsilon=0.5, no_vd=False)
+
+    def gradients(batch):  # per agent: its members (Q head i and classifier n + i) of every parameter
+        qnet.zero_grad(set_to_none=True)
+        td_loss, imitation_loss, *_ = M.bcq_losses(qnet, qnet_target, batch, threshold, args)
+        (td_loss + imitation_loss).sum().backward()
+        return [[p.grad[i::n_agents].clone() for p in qnet.parameters()] for i in range(n_agents)]
+
+    batch = random_batch(1, n_agents)
+    other = random_batch(2, n_agents)
+    mixed = {k: torch.stack([batch[k][0], other[k][1]]) for k in batch}  # agent 1's batch replaced
+    mine = {k: torch.stack([other[k][0], batch[k][1]]) for k in batch}  # agent 0's batch replaced
+    base, with_other, with_mine = gradients(batch), gradients(mixed), gradients(mine)
+    assert all(torch.equal(a, b) for a, b in zip(base[0], with_other[0]))  # agent 0 saw nothing of agent 1's change
+    assert not all(torch.equal(a, b) for a, b in zip(base[1], with_other[1]))  # agent 1 did
+    assert not all(torch.equal(a, b) for a, b in zip(base[0], with_mine[0]))  # agent 0's own data matters
+    assert all(torch.equal(a, b) for a, b in zip(base[1], with_mine[1]))
 
 
 @pytest.mark.parametrize("name", ["bcq", "vd", "vd_tn"])
