@@ -395,7 +395,7 @@ def bcq_update(batch, nets, targets, optimizers, g1, generators, args):
 
 
 def ddpg_update(batch, nets, targets, optimizers, g1, generators, args):
-    """Offline DDPG (Table 5's unconstrained baseline), no weights: one critic, y = r + gamma (1 - done) Q^(s', pi^(s')),
+    """Offline DDPG (Table 5's unconstrained row), no weights: one critic, y = r + gamma (1 - done) Q^(s', pi^(s')),
     then the actor, maximising Q(s, pi(s)) of the critic this step updated (as the reference BCQ code's DDPG)."""
     critic, actor = nets["critic"], nets["actor"]
     with torch.no_grad():

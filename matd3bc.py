@@ -376,7 +376,8 @@ def evaluate_checkpoints(args, env, env_kwargs, device) -> None:
     generators = datasets.agent_generators(args.seed, list(range(n_agents)), device)
     actor = Actor(obs_dim, act_dim, args.hidden_dim, generators, device)
     critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
-    obs_mean, obs_std = contract.load_team(ckpts, dict(actor=actor, critic=critic), "obs_mean", "obs_std", device=device)
+    modules = dict(actor=actor, critic=critic)
+    obs_mean, obs_std = contract.load_team(ckpts, modules, "obs_mean", "obs_std", device=device)
     final = contract.evaluate_checkpoints(args, SCRIPT, env_kwargs, ckpts, algorithm, lambda: evaluate(
         env, actor, critic, obs_mean, obs_std, args.eval_episodes, args.gamma, args.seed, device), device)
     print(f"team of {n_agents} checkpoints: return {final['team_return']:.2f} ± {final['team_return_std']:.2f}")
