@@ -37,24 +37,10 @@ SCRIPT = "mabcq_discrete"
 
 @dataclass
 class Args(contract.RunArgs):
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment (agent i draws everything from the stream [seed, i])"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = False
-    """if toggled, train on CUDA (refused when torch sees no CUDA device)"""
-    track: bool = False
-    """if toggled, mirror the TensorBoard logs to Weights and Biases"""
-    wandb_project_name: str = "offline-decentralized-marl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """whether to save one checkpoint per agent into `runs/{run_name}`"""
-
-    # Algorithm specific arguments
+    # Algorithm specific arguments (the generic ones, --seed, --cuda, --track, ..., are contract.RunArgs')
+    threshold: float | None = None
+    """BCQ filter: a is allowed if pi_b(a|s) / max_a' pi_b(a'|s) > threshold (None: 0.6, 0.1 on matrix-game)"""
+    # the environment and its dataset
     env_id: str = "matrix-game"
     """the environment id (see `envs.REGISTRY`); discrete-action envs only"""
     payoff: str | None = None
@@ -65,6 +51,7 @@ class Args(contract.RunArgs):
     """episodes per agent in the dataset (None: the env's recipe default, 1e5 for matrix-game, 1e4 for smax)"""
     quality: str | None = None
     """smax only: the dataset, random, medium, replay or expert (None: expert, the env's default)"""
+    # training
     total_steps: int = 30_000
     """gradient steps per agent"""
     eval_freq: int = 5_000
@@ -83,8 +70,7 @@ class Args(contract.RunArgs):
     """target network update: lerp towards the online network by tau (1 = copy)"""
     target_update_freq: int = 1
     """update the target network every this many steps (discrete BCQ: 1 with tau 0.005, or 8000 with tau 1 on Atari)"""
-    threshold: float | None = None
-    """BCQ filter: a is allowed if pi_b(a|s) / max_a' pi_b(a'|s) > threshold (None: 0.6, 0.1 on matrix-game)"""
+    # the paper's weights: lambda_vd (optimism, clipped to 1 +- epsilon) and lambda_tn
     epsilon: float = 0.99
     """optimism level: lambda_vd is clipped to [1 - epsilon, 1 + epsilon]"""
     no_vd: bool = False

@@ -15,7 +15,6 @@ in envs/run.py and envs/dataset.py.
     python macql.py --resume runs/<run_name>                          # continue a killed run
 """
 
-import os
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -37,24 +36,12 @@ SCRIPT = "macql"
 
 @dataclass
 class Args(contract.RunArgs):
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment (agent i draws everything from the stream [seed, i])"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = False
-    """if toggled, train on CUDA (refused when torch sees no CUDA device)"""
-    track: bool = False
-    """if toggled, mirror the TensorBoard logs to Weights and Biases"""
-    wandb_project_name: str = "offline-decentralized-marl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """whether to save one checkpoint per agent into `runs/{run_name}`"""
-
-    # Algorithm specific arguments
+    # Algorithm specific arguments (the generic ones, --seed, --cuda, --track, ..., are contract.RunArgs')
+    cql_alpha: float | None = None
+    """CQL's alpha: weight of logsumexp_a Q(o, a) - Q(o, a_data) (None: the env's preset, 0.2 = ECAI Table 12)"""
+    weight_cql_term: bool = True
+    """weight the CQL term by lambda_tn * lambda_vd, like the TD term (--no-weight-cql-term: TD only; docs/macql.md)"""
+    # the environment and its dataset
     env_id: str = "smax-3m"
     """the environment id (see `envs.REGISTRY`); discrete-action envs only (smax-*, matrix-game)"""
     payoff: str | None = None
@@ -65,6 +52,7 @@ class Args(contract.RunArgs):
     """episodes per agent in the dataset (None: the env's recipe default, 1e5 for matrix-game, 1e4 for smax)"""
     quality: str | None = None
     """smax only: the dataset, random, medium, replay or expert (None: expert, the env's default)"""
+    # training
     total_steps: int = 30_000
     """gradient steps per agent"""
     eval_freq: int = 5_000
@@ -83,10 +71,7 @@ class Args(contract.RunArgs):
     """target network update: lerp towards the online network by tau (1 = copy)"""
     target_update_freq: int = 1
     """update the target network every this many steps (discrete BCQ: 1 with tau 0.005, or 8000 with tau 1 on Atari)"""
-    cql_alpha: float | None = None
-    """CQL's alpha: weight of logsumexp_a Q(o, a) - Q(o, a_data) (None: the env's preset, 0.2 = ECAI Table 12)"""
-    weight_cql_term: bool = True
-    """weight the CQL term by lambda_tn * lambda_vd, like the TD term (--no-weight-cql-term: TD only; docs/macql.md)"""
+    # the paper's weights: lambda_vd (optimism, clipped to 1 +- epsilon) and lambda_tn
     epsilon: float | None = None
     """optimism level: lambda_vd is clipped to [1 - epsilon, 1 + epsilon] (None: the env's preset, 0.99 on SMAC)"""
     no_vd: bool = False
@@ -105,6 +90,19 @@ class Args(contract.RunArgs):
     """the learning rate of the VAE fits"""
     vae_latent_dim: int = 10
     """the latent size of both VAEs (the paper's "VAE hidden space")"""
+
+
+# per-env defaults of the flags left unset (None). The paper gives one value per benchmark, not per map:
+# epsilon 0.99 on SMAC (Appendix B) and CQL's alpha 0.2 (Table 12). The matrix game takes the same values
+# (MACQL learns the optimal (a2, a1) with them, CQL the paper's (a1, a2): docs/macql.md).
+SMAC = dict(epsilon=0.99, cql_alpha=0.2)
+PRESETS = {"smax-3m": SMAC, "smax-8m": SMAC, "smax-3s_vs_3z": SMAC, "smax-3s_vs_4z": SMAC, "matrix-game": SMAC}
+
+
+def apply_presets(args: Args) -> None:
+    for name, value in PRESETS.get(args.env_id, SMAC).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
 
 
 def check_args(args: Args) -> None:
@@ -127,54 +125,36 @@ def algorithm(args: Args) -> tuple[str, str]:
     return name, variant
 
 
-# per-env defaults of the flags left unset (None). The paper gives one value per benchmark, not per map:
-# epsilon 0.99 on SMAC (Appendix B) and CQL's alpha 0.2 (Table 12). The matrix game takes the same values
-# (MACQL learns the optimal (a2, a1) with them, CQL the paper's (a1, a2): docs/macql.md).
-SMAC = dict(epsilon=0.99, cql_alpha=0.2)
-PRESETS = {"smax-3m": SMAC, "smax-8m": SMAC, "smax-3s_vs_3z": SMAC, "smax-3s_vs_4z": SMAC, "matrix-game": SMAC}
-
-
-def apply_presets(args: Args) -> None:
-    for name, value in PRESETS.get(args.env_id, SMAC).items():
-        if getattr(args, name) is None:
-            setattr(args, name, value)
-
-
 # ALGO LOGIC: the networks, one member per agent
 class VectorizedLinear(nn.Module):
-    """Independent linear layers, one per ensemble member: weight [members, in, out], input [members, batch, in].
+    """Independent linear layers, one per agent: weight [n_agents, in, out], input [n_agents, batch, in]."""
 
-    `twins` members per agent are stored twin-major (member k * n_agents + i)."""
-
-    def __init__(self, in_features, out_features, generators, twins=1, device=None):
+    def __init__(self, in_features, out_features, generators, device=None):
         super().__init__()
         bound = 1 / np.sqrt(in_features)  # nn.Linear's default init, drawn from each agent's own stream
         weights, biases = [], []
-        for _ in range(twins):
-            for g in generators:
-                weights.append((torch.rand(in_features, out_features, generator=g, device=device) * 2 - 1) * bound)
-                biases.append((torch.rand(1, out_features, generator=g, device=device) * 2 - 1) * bound)
+        for g in generators:
+            weights.append((torch.rand(in_features, out_features, generator=g, device=device) * 2 - 1) * bound)
+            biases.append((torch.rand(1, out_features, generator=g, device=device) * 2 - 1) * bound)
         self.weight = nn.Parameter(torch.stack(weights))
         self.bias = nn.Parameter(torch.stack(biases))
 
-    def forward(self, x, members=None):
-        if members is None:
-            return torch.baddbmm(self.bias, x, self.weight)
-        return torch.baddbmm(self.bias[members], x, self.weight[members])
+    def forward(self, x):  # [n_agents, batch, in] -> [n_agents, batch, out], one batched matmul for every agent
+        return torch.baddbmm(self.bias, x, self.weight)
 
 
 class MLP(nn.Module):
-    """(hidden, hidden) ReLU MLP of VectorizedLinear layers; `members` picks a slice of the ensemble."""
+    """(hidden, hidden) ReLU MLP of VectorizedLinear layers."""
 
-    def __init__(self, in_dim, out_dim, hidden_dim, generators, twins=1, device=None):
+    def __init__(self, in_dim, out_dim, hidden_dim, generators, device=None):
         super().__init__()
         sizes = ((in_dim, hidden_dim), (hidden_dim, hidden_dim), (hidden_dim, out_dim))
-        self.layers = nn.ModuleList([VectorizedLinear(i, o, generators, twins, device) for i, o in sizes])
+        self.layers = nn.ModuleList([VectorizedLinear(i, o, generators, device) for i, o in sizes])
 
-    def forward(self, x, members=None):
+    def forward(self, x):
         for layer in self.layers[:-1]:
-            x = torch.relu_(layer(x, members))
-        return self.layers[-1](x, members)
+            x = torch.relu_(layer(x))
+        return self.layers[-1](x)
 
 
 class QNetwork(nn.Module):

@@ -13,7 +13,6 @@ one batched ensemble (a leading agent dimension on every weight), mathematically
     python matd3bc.py --resume runs/<run_name>             # continue a killed run
 """
 
-import os
 import random
 from dataclasses import dataclass
 
@@ -33,24 +32,8 @@ SCRIPT = "matd3bc"
 
 @dataclass
 class Args(contract.RunArgs):
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment (agent i draws everything from the stream [seed, i])"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = False
-    """if toggled, train on CUDA (refused when torch sees no CUDA device)"""
-    track: bool = False
-    """if toggled, mirror the TensorBoard logs to Weights and Biases"""
-    wandb_project_name: str = "offline-decentralized-marl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """whether to save one checkpoint per agent into `runs/{run_name}`"""
-
-    # Algorithm specific arguments
+    # Algorithm specific arguments (the generic ones, --seed, --cuda, --track, ..., are contract.RunArgs')
+    # the environment and its dataset
     env_id: str = "dg"
     """the environment id (see `envs.REGISTRY`)"""
     obs: str = "full"
@@ -59,6 +42,7 @@ class Args(contract.RunArgs):
     """minari:<id> only: the joints per agent, e.g. `2x3`, or `1x6` for one agent (None: the robot's default)"""
     n_transitions: int | None = None
     """transitions per agent in the dataset (None: the env's recipe default, 1e6 for dg)"""
+    # training
     total_steps: int = 30_000
     """gradient steps per agent (30k: the DG full-observation runs of docs/matd3bc.md; partial used 100k)"""
     eval_freq: int = 5_000
@@ -85,6 +69,7 @@ class Args(contract.RunArgs):
     """TD3+BC's alpha: the Q term is scaled by alpha / mean|Q|"""
     normalize_obs: bool = True
     """normalise observations with the mean/std of the agent's own dataset"""
+    # the paper's weights: lambda_vd (optimism, clipped to 1 +- epsilon) and lambda_tn
     epsilon: float = 0.9
     """optimism level: lambda_vd is clipped to [1 - epsilon, 1 + epsilon]"""
     no_vd: bool = False

@@ -59,8 +59,24 @@ TRAINING_PREFIXES = ("lambda_", "td_", "policy_", "q_", "vae_")
 
 @dataclass
 class RunArgs:
-    """The run contract's flags, the same in every script (its `Args` adds its own after these)."""
+    """The flags every script takes: CleanRL's generic ones, then the run contract's (a script's `Args` adds its own)."""
 
+    exp_name: str | None = None
+    """the name of this experiment (None: the script's name)"""
+    seed: int = 1
+    """seed of the experiment (agent i draws everything from the stream [seed, i])"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = False
+    """if toggled, train on CUDA (refused when torch sees no CUDA device)"""
+    track: bool = False
+    """if toggled, mirror the TensorBoard logs to Weights and Biases"""
+    wandb_project_name: str = "offline-decentralized-marl"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    save_model: bool = False
+    """whether to save one checkpoint per agent into `runs/{run_name}`"""
     run_name: str | None = None
     """the run folder under runs/ (None: `{env_id}__{exp_name}{variant}__{seed}__{time}`; may contain `/`)"""
     resume: str | None = None
@@ -82,7 +98,7 @@ def parse_args(Args, script: str):
     flag outside RESUMABLE_CHANGES is refused (it would make the resumed run another experiment)."""
     args = tyro.cli(Args)
     if args.resume is None:
-        return args
+        return replace(args, exp_name=args.exp_name or script)
     try:
         saved = json.loads((Path(args.resume) / "results.json").read_text())
     except (OSError, ValueError) as e:
