@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from types import SimpleNamespace
+import dataclasses
 
 import conftest
 from conftest import ROOT, find_run, one_line_error, run_script
@@ -236,8 +236,13 @@ def test_matd3bc_refuses_discrete_envs(tmp_path):
 def test_a_run_says_how_it_ended(tmp_path, monkeypatch):
     from envs import run as contract
 
+    @dataclasses.dataclass
+    class Args(contract.RunArgs):
+        env_id: str = "dg"
+        total_steps: int = 0
+
     monkeypatch.chdir(tmp_path)
-    args = SimpleNamespace(resume=None, run_name="r", env_id="dg", exp_name="x", seed=1, threads=1, track=False, total_steps=0)
+    args = Args(run_name="r", exp_name="x", threads=1)
     failed = contract.Run(args, "matd3bc", "MATD3+BC", "", {"env_kwargs": {}}, [0], torch.device("cpu"))
     with pytest.raises(ValueError):
         with failed:
