@@ -51,6 +51,7 @@ REGISTRY = {
     "smax-3s_vs_4z": "envs.recipes.smax:smax_3s_vs_4z",
 }
 MINARI_PREFIX = "minari:"  # any Minari dataset, split per agent (envs/minari_split.py)
+VAULT_PREFIX = "vault:"  # OG-MARL's (flashbax) vaults of multi-agent MuJoCo, split per agent (envs/vault.py)
 
 
 def env_module(env_id: str):
@@ -58,8 +59,13 @@ def env_module(env_id: str):
         from envs import minari_split
 
         return minari_split.Task(env_id)
+    if env_id.startswith(VAULT_PREFIX):
+        from envs import vault
+
+        return vault.Task(env_id)
     if env_id not in REGISTRY:
-        raise InputError(f"unknown env id {env_id!r}; known ids: {', '.join(REGISTRY)}, {MINARI_PREFIX}<dataset id>")
+        raise InputError(f"unknown env id {env_id!r}; known ids: {', '.join(REGISTRY)}, {MINARI_PREFIX}<dataset id>, "
+                         f"{VAULT_PREFIX}<source>/<env>/<scenario>/<uid>")
     entry = REGISTRY[env_id]
     if isinstance(entry, str):
         module, _, attribute = entry.partition(":")
