@@ -36,8 +36,8 @@ class Args(contract.RunArgs):
     # the environment and its dataset
     env_id: str = "dg"
     """the environment id (see `envs.REGISTRY`)"""
-    obs: str = "full"
-    """dg only: `full` (both positions) or `partial` (own position)"""
+    obs: str | None = None
+    """dg: `full` (both positions, default) or `partial` (own); vault:<id>: `local` (default) or `padded` (OG-MARL's)"""
     partition: str | None = None
     """minari:<id> only: the joints per agent, e.g. `2x3`, or `1x6` for one agent (None: the robot's default)"""
     n_transitions: int | None = None
@@ -50,7 +50,7 @@ class Args(contract.RunArgs):
     eval_episodes: int = 100
     """evaluation episodes per evaluation (run side by side)"""
     batch_size: int | None = None
-    """the batch size of each agent (None: the env's preset, PRESETS: 100 on dg and cn, 256 on minari:<id>)"""
+    """the batch size of each agent (None: the env's preset, PRESETS: 100 on dg and cn, 256 on minari: and vault:)"""
     learning_rate: float = 3e-4
     """the learning rate of actors and critics"""
     hidden_dim: int = 256
@@ -90,13 +90,15 @@ class Args(contract.RunArgs):
     """states sampled from the union of the agents' data for the value-difference metric"""
 
 
-# per-env defaults of the flags left unset (None): the paper's MPE batch (Appendix B) on dg and cn; on a
-# D4RL-style Minari dataset TD3+BC's own (Fujimoto & Gu 2021), since the paper gives none for Table 10
-PRESETS = {"dg": dict(batch_size=100), "cn": dict(batch_size=100), "minari:": dict(batch_size=256)}
+# per-env defaults of the flags left unset (None): the paper's MPE batch (Appendix B) on dg and cn; on D4RL-style
+# MuJoCo data (Minari, OG-MARL vaults) TD3+BC's own (Fujimoto & Gu 2021), since the paper gives none for Table 10
+MPE, D4RL = dict(batch_size=100), dict(batch_size=256)
+PRESETS = {"dg": MPE, "cn": MPE, "minari:": D4RL, "vault:": D4RL}
 
 
 def apply_presets(args: Args) -> None:
-    preset = PRESETS["minari:"] if args.env_id.startswith("minari:") else PRESETS.get(args.env_id, PRESETS["dg"])
+    prefix = args.env_id.split(":")[0] + ":" if ":" in args.env_id else args.env_id
+    preset = PRESETS.get(prefix, PRESETS["dg"])
     for name, value in preset.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
@@ -379,11 +381,12 @@ if __name__ == "__main__":
     contract.check_wandb(args.track)
 
     # the environment and the agents this process trains
-    if args.env_id != "dg" and args.obs != "full":
-        raise InputError(f"--obs only applies to dg; {args.env_id} has one observation")
+    vault = args.env_id.startswith("vault:")
+    if args.obs is not None and args.env_id != "dg" and not vault:
+        raise InputError(f"--obs only applies to dg and vault:<id>; {args.env_id} has one observation")
     if not args.env_id.startswith("minari:") and args.partition is not None:
         raise InputError(f"--partition only applies to minari:<dataset id>; {args.env_id} has its own agents")
-    env_kwargs = {"obs": args.obs} if args.env_id == "dg" else {"partition": args.partition}
+    env_kwargs = {"obs": args.obs} if args.env_id == "dg" or vault else {"partition": args.partition}
     env = envs.make(args.env_id, **env_kwargs)
     if env.discrete:
         raise InputError(f"{args.env_id} has discrete actions; matd3bc.py needs continuous ones (see macql.py)")
