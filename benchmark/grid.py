@@ -19,7 +19,11 @@ same path on every node (a shared file system), see docs/scaling.md.
 A complete run's results.json is also copied into the archive, `benchmark/results/runs/<table>/<run>.json`
 (with the default runs root; `--archive DIR` elsewhere, `--archive none` for none), which is committed: the
 project's own runs outlive the machine that made them, a grid skips a run that the archive holds complete
-with the steps asked, and `benchmark.report` reads the archive where the runs root has no such run.
+with the steps asked, and `benchmark.report` reads the archive where the runs root has no such run. A run made
+from a tree with uncommitted changes (results.json `git_commit` ending in `+dirty`) or outside a git checkout
+(`git_commit` null) is not archived: no commit holds the code that made it. The grid says which runs it archived
+and which it refused, and why; such a run stays in the runs root (and is skipped there as complete): to archive
+it, commit the code, delete the run's folder and run the grid again.
 """
 
 import argparse
@@ -113,22 +117,50 @@ def archived(archive: Path | None, run: Run) -> dict | None:
     return None
 
 
-def archive_run(archive: Path | None, run: Run, runs_root: Path) -> bool:
-    """Copy a complete run's results.json into the archive (unless the archive's copy trained as long), atomically."""
+def uncommitted(results: dict) -> str | None:
+    """Why no commit holds the code of a run (results.json `git_commit` null or ending in `+dirty`), or None."""
+    commit = results.get("git_commit")
+    if not commit:
+        return "made outside a git checkout (git_commit null)"
+    if str(commit).endswith("+dirty"):
+        return f"made from a tree with uncommitted changes (git_commit {commit.removesuffix('+dirty')[:7]}+dirty)"
+    return None
+
+
+def archive_run(archive: Path | None, run: Run, runs_root: Path) -> str | None:
+    """Copy a complete run's results.json into the archive, atomically: "archived"; "kept" when the archive's copy
+    trained as long; "refused: <why>" for a run whose code no commit holds (uncommitted()); None when there is
+    nothing to archive (no archive, or the run is not complete)."""
     results, path = read_results(runs_root / run.name), archive_path(archive, run)
     if path is None or not results or results.get("status") != "complete":
-        return False
+        return None
+    why = uncommitted(results)
+    if why:
+        return f"refused: {why}"
     try:
         kept = json.loads(path.read_text())
         if kept.get("status") == "complete" and kept["args"]["total_steps"] >= results["args"]["total_steps"]:
-            return False
+            return "kept"
     except (OSError, ValueError, KeyError, TypeError):
         pass
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(results, indent=1) + "\n")
     os.replace(tmp, path)
-    return True
+    return "archived"
+
+
+def say_archived(outcomes: dict[str, str | None], archive: Path | None) -> None:
+    """One line for the runs archived, one per run refused (with why)."""
+    stored = [name for name, outcome in outcomes.items() if outcome == "archived"]
+    if len(stored) == 1:
+        print(f"run {stored[0]} archived into {archive}", flush=True)
+    elif stored:
+        print(f"archived {len(stored)} complete runs into {archive}", flush=True)
+    for name, outcome in outcomes.items():
+        if outcome and outcome.startswith("refused"):
+            print(f"run {name} complete, NOT archived: {outcome.removeprefix('refused: ')}; it stays in the runs root "
+                  "(to archive it: commit the code, delete the run's folder, run the grid again)", flush=True)
 
 
 def grid_state(run: Run, runs_root: Path, archive: Path | None) -> str:
@@ -215,9 +247,8 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
 
     task = ray.remote(num_cpus=threads, max_retries=0)(execute)  # a retry is a resume, decided here
     states = {run.name: grid_state(run, runs_root, archive) for run in runs}
-    stored = sum(archive_run(archive, run, runs_root) for run in runs if states[run.name] == "complete")  # finished before
-    if stored:
-        print(f"archived {stored} complete runs into {archive}", flush=True)
+    outcomes = {run.name: archive_run(archive, run, runs_root) for run in runs if states[run.name] == "complete"}  # finished before
+    say_archived(outcomes, archive)
     todo = [run for run in runs if states[run.name] in ("new", "resumable")]
     busy = [run.name for run in runs if states[run.name] == "running"]
     counts = dict(done=0, running=0, queued=0, failed=0, skipped=len(runs) - len(todo) - len(busy))
@@ -258,7 +289,8 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
                     code = f"{type(e).__name__}"
                 if code == 0 and state(runs_root / run.name, run.steps) == "complete":
                     counts["done"] += 1
-                    archive_run(archive, run, runs_root)
+                    outcomes[run.name] = archive_run(archive, run, runs_root)
+                    say_archived({run.name: outcomes[run.name]}, archive)
                 elif attempts[run.name] <= retries:
                     print(f"run {run.name} failed (exit {code}); retry {attempts[run.name]} of {retries}, resuming", flush=True)
                     submit(run)
@@ -280,6 +312,9 @@ def run_grid(runs: list[Run], runs_root: Path, threads: int, retries: int, datas
             ray.cancel(ref)
         ray.wait(list(pending), num_returns=len(pending), timeout=150)
         raise
+    refused = [name for name, outcome in outcomes.items() if outcome and outcome.startswith("refused")]
+    if refused:
+        print(f"{len(refused)} complete runs not archived (no commit holds their code): {', '.join(refused)}", flush=True)
     return counts["done"], failed
 
 

@@ -8,6 +8,7 @@ import ast
 import functools
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def test_every_table_expands_to_runs_of_existing_flags(name):
 def test_table_sizes_are_the_briefs():
     size = lambda name, scale="reduced": len(grid.expand(name, specs.load(name), scale))  # noqa: E731
     assert size("table2-4") == 3 * 3 and size("table9") == 2 * 2 * 5 and size("fig1c") == 5 * 3
-    assert size("table5") == (6 + 6 + 2 + 2) * 3 and size("table5", "paper") == 16 * 5
+    assert size("table5") == 6 * 4 * 3 and size("table5", "paper") == 6 * 4 * 5
     assert size("table8") == 4 * 4 * 4 * 3 and size("table10") == 3 * 3 * 3 * 3 and size("fig1d") == 2 * 3
     assert {r.steps for r in grid.expand("table5", specs.load("table5"), "paper")} == {300_000}
     assert {r.steps for r in grid.expand("table9", specs.load("table9"), "reduced")} == {30_000, 100_000}
@@ -98,14 +99,16 @@ def test_a_run_is_complete_only_with_the_steps_asked_and_running_only_while_its_
 
 # A stand-in for an algorithm script: the interface of docs/results.md (results.json, checkpoint.pt at every
 # evaluation, --resume, SIGTERM -> interrupted), no learning. --crash-at kills it once (SIGKILL, the way a
-# machine loses a run), --fail fails every time, --step-seconds paces it.
+# machine loses a run), --fail fails every time, --step-seconds paces it, --git-commit is what it records as
+# results.json `git_commit` (a clean commit by default; `none` for null).
 FAKE = r'''
 import argparse, json, os, platform, signal, sys, time
 from pathlib import Path
 
 parser = argparse.ArgumentParser()
 for flag, kind in [("--env-id", str), ("--seed", int), ("--total-steps", int), ("--eval-freq", int), ("--run-name", str),
-                   ("--threads", int), ("--resume", str), ("--dataset-dir", str), ("--step-seconds", float), ("--crash-at", int)]:
+                   ("--threads", int), ("--resume", str), ("--dataset-dir", str), ("--step-seconds", float), ("--crash-at", int),
+                   ("--git-commit", str)]:
     parser.add_argument(flag, type=kind)
 parser.add_argument("--fail", action="store_true")
 given = parser.parse_args()
@@ -128,7 +131,8 @@ else:
     if (run_dir / "results.json").exists():
         sys.exit(f"{run_dir} already holds a run")
     run_dir.mkdir(parents=True, exist_ok=True)
-    results = dict(status="running", error=None, args=vars(args), host=platform.node(), pid=os.getpid(), threads=args.threads,
+    commit = {None: "0123456789abcdef0123456789abcdef01234567", "none": None}.get(args.git_commit, args.git_commit)
+    results = dict(status="running", error=None, args=vars(args), git_commit=commit, host=platform.node(), pid=os.getpid(), threads=args.threads,
                    versions={"python": platform.python_version()}, seconds=0.0, evaluations=[], final=None, resumed_at_steps=[])
     step = 0
 write("results.json", results)
@@ -207,7 +211,7 @@ def test_a_grid_retries_by_resuming_reports_failures_skips_complete_runs_and_rep
     assert "2 of 4 runs complete" in text and "CPU-hours" in text and "python -m benchmark.grid fake --runs-root" in text
     assert (tmp_path / "docs" / "img" / "fake_g.png").stat().st_size > 1000
     assert "| step | ok |\n|---|---|\n| 100 | 16.00 ± 5.00 |\n| 200 | 17.00 ± 5.00 |" in text  # along training
-    assert "| 400 | 19.00 ± 5.00 |" in text
+    assert "| 400 | 19.00 ± 5.00 |\n| mean of every evaluation | 17.50 ± 5.00 |" in text  # (11+12+13+14)/4, (21+...)/4
 
     assert grid.main([*flags, "--scale", "paper", "--only", "ok"]) == 0  # the paper scale trains the complete runs longer
     assert "2 runs: 0 complete (skipped), 0 running in another process (skipped), 2 to resume" in capsys.readouterr().out
@@ -246,6 +250,36 @@ def test_the_archive_keeps_complete_runs_for_a_machine_without_the_runs_root(loc
     assert json.loads((archive / "fake" / "g__ok__s2.json").read_text())["final"]["step"] == 400
     assert grid.archive_root(None, grid.DEFAULT_RUNS_ROOT) == grid.DEFAULT_ARCHIVE  # the project's own runs are archived
     assert grid.archive_root(None, tmp_path / "runs") is None and grid.archive_root("none", grid.DEFAULT_RUNS_ROOT) is None
+
+
+def test_a_run_no_commit_holds_is_not_archived_and_the_report_marks_its_group(local_ray, tmp_path, capsys):
+    flags = fake_grid(tmp_path, {"ok": [], "dirty": ["--git-commit", "abcdef0123+dirty"], "nogit": ["--git-commit", "none"]})
+    archive = tmp_path / "archive"
+    assert grid.main([*flags, "--archive", str(archive)]) == 0
+    out = capsys.readouterr().out
+    assert f"run fake/g__ok__s1 archived into {archive}" in out
+    assert ("run fake/g__dirty__s1 complete, NOT archived: made from a tree with uncommitted changes "
+            "(git_commit abcdef0+dirty)") in out
+    assert "run fake/g__nogit__s1 complete, NOT archived: made outside a git checkout (git_commit null)" in out
+    assert "2 complete runs not archived (no commit holds their code): fake/g__dirty__s1, fake/g__nogit__s1" in out
+    assert sorted(p.name for p in (archive / "fake").iterdir()) == ["g__ok__s1.json"]
+
+    assert grid.main([*flags, "--archive", str(archive)]) == 0  # a rerun: all three complete, the two still refused
+    out = capsys.readouterr().out
+    assert "3 runs: 3 complete (skipped)" in out and "NOT archived" in out and "archived 1" not in out
+    assert sorted(p.name for p in (archive / "fake").iterdir()) == ["g__ok__s1.json"]
+
+    assert report.main([*flags, "--archive", str(archive), "--out", str(tmp_path / "docs"), "--reps", "50"]) == 0
+    text = (tmp_path / "docs" / "results" / "fake.md").read_text()
+    assert "3 of 3 runs complete" in text and "2 of them were made from a tree with uncommitted changes" in text
+    assert ("**2 of this group's 3 runs were made from a tree with uncommitted changes**, so no commit holds the code that "
+            "made them") in text
+    assert "`abcdef0+dirty`: dirty s1; no `git_commit` (outside a git checkout): nogit s1." in text
+
+    shutil.rmtree(tmp_path / "runs" / "fake" / "g__dirty__s1")  # a clean group says nothing
+    shutil.rmtree(tmp_path / "runs" / "fake" / "g__nogit__s1")
+    assert report.main([*flags, "--archive", str(archive), "--out", str(tmp_path / "docs"), "--reps", "50"]) == 0
+    assert "uncommitted" not in (tmp_path / "docs" / "results" / "fake.md").read_text()
 
 
 def test_the_report_averages_the_value_difference_along_training_as_table_6_does(tmp_path):
