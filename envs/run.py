@@ -237,13 +237,17 @@ def load_torch(path, what: str) -> dict:
     return obj if isinstance(obj, dict) else {}
 
 
+# what a run's numbers depend on: code, the pins, the shipped behaviour weights (not docs, records or pages)
+RUN_INPUTS = (":(glob)**/*.py", "requirements.txt", "envs/behavior/weights")
+
+
 def git_commit() -> str | None:
-    """HEAD of the repository the scripts live in, `+dirty` when tracked files differ from it."""
+    """HEAD of the repository the scripts live in, `+dirty` when a tracked file a run depends on (RUN_INPUTS) differs."""
     root = Path(__file__).resolve().parent.parent
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *RUN_INPUTS], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "") if commit else None
