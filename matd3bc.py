@@ -37,7 +37,8 @@ class Args(contract.RunArgs):
     env_id: str = "dg"
     """the environment id (see `envs.REGISTRY`)"""
     obs: str | None = None
-    """dg: `full` (both positions, default) or `partial` (own); vault:<id>: `local` (default) or `padded` (OG-MARL's)"""
+    """dg: `full` (both positions, default) or `partial` (own); vault:<id>: `local` (default), `padded` (OG-MARL's) or
+    `central` (one agent: the vault's state and the joint action, the centralized reference)"""
     partition: str | None = None
     """minari:<id> only: the joints per agent, e.g. `2x3`, or `1x6` for one agent (None: the robot's default)"""
     n_transitions: int | None = None
@@ -390,6 +391,15 @@ if __name__ == "__main__":
     env = envs.make(args.env_id, **env_kwargs)
     if env.discrete:
         raise InputError(f"{args.env_id} has discrete actions; matd3bc.py needs continuous ones (see macql.py)")
+    if not hasattr(env, "observe"):  # data:<folder> whose agents share no state: no value difference (Table 6)
+        raise InputError(f"{args.env_id}: its agents share no states, so matd3bc.py cannot measure the value "
+                         "difference; give every agent file `states`, or set aligned in meta.json if its rows line up "
+                         "(docs/own-data.md)")
+    if not getattr(env, "evaluates", True):  # data:<folder> without an evaluation env: the value metrics only
+        if args.checkpoints:
+            raise InputError(f"--checkpoints evaluates a team; {args.env_id} has no evaluation env (meta.json)")
+        print(f"{args.env_id}: no evaluation env (meta.json names none), so the team is not evaluated; "
+              "value metrics only")
     if args.checkpoints:
         evaluate_checkpoints(args, env, envs.resolve(args.env_id, env_kwargs)[0], device)
         raise SystemExit(0)
@@ -433,7 +443,7 @@ if __name__ == "__main__":
             with run.evaluation(step) as entry:
                 if len(agent_ids) > 1:
                     entry["value_difference"] = value_difference(actor, critic, analysis_obs)
-                if len(agent_ids) == n_agents:
+                if len(agent_ids) == n_agents and getattr(env, "evaluates", True):
                     entry.update(evaluate(env, actor, critic, data["obs_mean"], data["obs_std"],
                                           args.eval_episodes, args.gamma, args.seed + step, device))
 

@@ -52,6 +52,7 @@ REGISTRY = {
 }
 MINARI_PREFIX = "minari:"  # any Minari dataset, split per agent (envs/minari_split.py)
 VAULT_PREFIX = "vault:"  # OG-MARL's (flashbax) vaults of multi-agent MuJoCo, split per agent (envs/vault.py)
+DATA_PREFIX = "data:"  # a user's own per-agent data: a folder of agent_<i>.npz and meta.json (envs/userdata.py)
 
 
 def env_module(env_id: str):
@@ -63,9 +64,13 @@ def env_module(env_id: str):
         from envs import vault
 
         return vault.Task(env_id)
+    if env_id.startswith(DATA_PREFIX):
+        from envs import userdata
+
+        return userdata.Task(env_id)
     if env_id not in REGISTRY:
         raise InputError(f"unknown env id {env_id!r}; known ids: {', '.join(REGISTRY)}, {MINARI_PREFIX}<dataset id>, "
-                         f"{VAULT_PREFIX}<source>/<env>/<scenario>/<uid>")
+                         f"{VAULT_PREFIX}<source>/<env>/<scenario>/<uid>, {DATA_PREFIX}<folder>")
     entry = REGISTRY[env_id]
     if isinstance(entry, str):
         module, _, attribute = entry.partition(":")

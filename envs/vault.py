@@ -3,6 +3,7 @@
     python matd3bc.py --env-id vault:og_marl/gymnasium_mamujoco/2halfcheetah/Replay       # OG-MARL's download
     python -m envs.vault --scenario 2halfcheetah --quality expert --episodes 1000         # write one offline
     python matd3bc.py --env-id vault:odmarl/gymnasium_mamujoco/2halfcheetah/Expert
+    python matd3bc.py --env-id vault:odmarl/gymnasium_mamujoco/2halfcheetah/Expert --obs central --no-vd --no-tn  # one TD3+BC
 
 A vault (OG-MARL, instadeepai/og-marl; flashbax 0.1.3's `flashbax.vault.Vault`) is the folder
 `<root>/<source>/<env>/<scenario>.vlt/<uid>/`: `metadata.json` and a tensorstore (zarr over OCDBT)
@@ -36,6 +37,12 @@ clipped to [-1, 1] (MuJoCo clamps the controls to that range anyway). `episode_r
 only) holds the team return of the vault episode each transition is from, dropped step included.
 Every agent's file comes from the same joint episodes: the data are split, not collected per agent.
 
+The centralized reference on the same data (`--obs central`; the paper's Figure 1a/b): ONE agent whose
+observation is the vault's `infos.state` (the single-agent v5 observation), whose action is the joint
+action (every agent's action concatenated in agent order), with the team reward and the same episode
+rules, rows and flags as the split; evaluated in the same MaMuJoCo env, its action split back to the
+agents by mamujoco's partition. The vault's checks run over every agent's observations, as in the split.
+
 The split is cached in the dataset folder, keyed by the vault's content: the recipe option
 `vault_sha256` defaults to the SHA-256 (16 hex digits) of the vault's files, so a vault rewritten
 under the same id gets a new folder; a value that is not the content of the vault on disk is refused.
@@ -67,8 +74,8 @@ import numpy as np
 from envs import mamujoco
 
 PINNED_PACKAGES = ("mujoco",)  # evaluation physics; the data are what the vault holds
-ENV_DEFAULTS = dict(obs="local", eval_episode_len=1000)  # obs: "local" (unpadded, agent i's own width) or "padded" (OG-MARL's)
-OBS = ("local", "padded")
+ENV_DEFAULTS = dict(obs="local", eval_episode_len=1000)  # obs: "local" (agent i's own width), "padded" (OG-MARL's), "central"
+OBS = ("local", "padded", "central")  # central: one agent, the state and the joint action (the centralized reference)
 PREFIX = "vault:"
 ENV_NAME = "gymnasium_mamujoco"
 VAULT_DIR_ENV = "ODMARL_VAULT_DIR"
@@ -186,7 +193,7 @@ def check_layout(env, vault) -> dict:
         names = ["infos.state" if k == "state" else k for k in missing]
         raise ValueError(f"{where} lacks {', '.join(names)}; a {ENV_NAME} vault holds {', '.join(LEAVES)} and infos.state")
     shape = lambda k: tuple(int(d) for d in stores[k].shape)  # noqa: E731  [B, time capacity, ...]
-    n, a, s = env.n_agents, max(env.act_dims), env.state_dim
+    n, a, s = env.scenario_agents, max(env.agent_act_dims), env.state_dim
     want = {"observations": (n, env.padded_dim), "actions": (n, a), "rewards": (n,), "terminals": (n,), "truncations": (n,),
             "state": (s,)}
     batch = shape("observations")[0]
@@ -217,43 +224,42 @@ def flags(array: np.ndarray, name: str, where: str) -> np.ndarray:
     return array
 
 
-class VaultMuJoCo(mamujoco.MultiAgentMuJoCo):
-    """A vault's scenario in MaMuJoCo, local observations as OG-MARL's: one mamujoco_v1.parallel_env(robot, agent_conf,
-    agent_obsk=1) per episode of the batch; its single-agent robot is stepped directly (as envs/mamujoco.py does; the
-    gym wrappers change nothing) and every agent observes mamujoco's own local observation of it, cast to float32."""
+class LocalMuJoCo(mamujoco.MultiAgentMuJoCo):
+    """gymnasium-robotics' MaMuJoCo with local observations, as OG-MARL evaluates it: one mamujoco_v1.parallel_env(robot,
+    agent_conf, agent_obsk) per episode of the batch; its single-agent robot is stepped directly (as envs/mamujoco.py
+    does; the gym wrappers change nothing) and every agent observes mamujoco's own local observation of it, cast to
+    float32 (`padded`: zero-padded to the largest agent, OG-MARL's). The vaults' env (VaultMuJoCo) and the evaluation
+    env of a user's own data (envs/userdata.py). A robot with D4RL references gets `normalized_score`."""
 
-    def __init__(self, env_id: str, path: Path, obs: str = "local", eval_episode_len: int = 1000):
+    def __init__(self, robot: str, agent_conf: str, agent_obsk: int = 1, padded: bool = False, eval_episode_len: int = 1000):
         from gymnasium_robotics import mamujoco_v1
 
-        if obs not in OBS:
-            raise ValueError(f"{env_id}: --obs must be one of {', '.join(OBS)}, got {obs!r}")
         if eval_episode_len <= 0:
-            raise ValueError(f"{env_id}: --eval-episode-len must be > 0, got {eval_episode_len}")
+            raise ValueError(f"--eval-episode-len must be > 0, got {eval_episode_len}")
         mamujoco.route_mujoco_warnings()
-        _, _, self.scenario, _ = parse(env_id)
-        self.robot, self.agent_conf = SCENARIOS[self.scenario]
-        self.env_id, self.vault_path, self.obs = env_id, Path(path), obs
-        self.reference_env_id = REFERENCE[self.robot]  # D4RL references, shipped actors
-        self.gym_id = f"{self.robot}-v5"
+        self.robot, self.agent_conf, self.agent_obsk, self.padded = robot, agent_conf, agent_obsk, padded
+        self.gym_id = f"{robot}-v5"
         self.eval_episode_len = int(eval_episode_len)
-        self._make_ma = lambda: mamujoco_v1.parallel_env(self.robot, self.agent_conf, agent_obsk=1)
+        self._make_ma = lambda: mamujoco_v1.parallel_env(robot, agent_conf, agent_obsk=agent_obsk)
         probe = self._make_ma()
         agents = probe.possible_agents
-        self.action_index = [np.array([node.act_ids for node in part]) for part in probe.agent_action_partitions]
+        # mamujoco's factorisation: agent i drives joint-action entries partition[i]
+        self.partition = [np.array([node.act_ids for node in part]) for part in probe.agent_action_partitions]
+        self.action_index = list(self.partition)
         single = probe.single_agent_env
         self.joint_act_dim, self.state_dim = single.action_space.shape[0], single.observation_space.shape[0]
-        self.n_agents = len(agents)
+        self.n_agents = self.scenario_agents = len(agents)
         self.local_dims = [probe.observation_spaces[a].shape[0] for a in agents]
         self.padded_dim = max(self.local_dims)  # OG-MARL pads every agent's observation to this width
         # state index of every entry of an agent's local observation (mamujoco's observation_factorization)
         self.obs_index = [np.asarray(probe.observation_factorization[a]) for a in agents]
-        self.obs_dims = list(self.local_dims) if obs == "local" else [self.padded_dim] * self.n_agents
-        self.act_dims = [len(index) for index in self.action_index]
+        self.obs_dims = [self.padded_dim] * self.n_agents if padded else list(self.local_dims)
+        self.act_dims = self.agent_act_dims = [len(index) for index in self.partition]
         self._mas = [probe]
         self._sims = [single.unwrapped]
-
-    def normalized_score(self, returns):
-        return mamujoco.normalized_score(self.reference_env_id, returns)
+        if robot in REFERENCE:
+            self.reference_env_id = REFERENCE[robot]  # D4RL references, shipped actors
+            self.normalized_score = lambda returns: mamujoco.normalized_score(self.reference_env_id, returns)
 
     def reset(self, n_envs: int, rng: np.random.Generator) -> list[np.ndarray]:
         while len(self._mas) < n_envs:
@@ -263,22 +269,26 @@ class VaultMuJoCo(mamujoco.MultiAgentMuJoCo):
         self.state = np.zeros((n_envs, self.state_dim))
         self.terminated = np.zeros(n_envs, dtype=bool)
         self.reset_episodes(np.arange(n_envs), rng)
+        return self.observations()
+
+    def observations(self) -> list[np.ndarray]:
+        """What the agents observe now (LocalMuJoCo: their local observations)."""
         return self.local_observations()
 
     def local_observations(self, padded: bool | None = None) -> list[np.ndarray]:
         """Every agent's mamujoco local observation of every episode, float32: N arrays [n_envs, obs_dim_i]."""
-        padded = self.obs == "padded" if padded is None else padded
-        dims = [self.padded_dim] * self.n_agents if padded else self.local_dims
+        padded = self.padded if padded is None else padded
+        dims = [self.padded_dim] * self.scenario_agents if padded else self.local_dims
         out = [np.zeros((self.n_envs, d), dtype=np.float32) for d in dims]
         for k in range(self.n_envs):
-            for i in range(self.n_agents):
+            for i in range(self.scenario_agents):
                 o = self._mas[k]._get_obs_agent(i)
                 out[i][k, : len(o)] = o
         return out
 
     def step(self, actions: list[np.ndarray]):
         _, reward, terminated = self.step_joint(self.merge(actions))
-        return self.local_observations(), reward, terminated
+        return self.observations(), reward, terminated
 
     def observe(self, states: np.ndarray) -> list[np.ndarray]:
         """Local observations from v5 states (the analysis states of the datasets) by mamujoco's observation mapping:
@@ -292,26 +302,58 @@ class VaultMuJoCo(mamujoco.MultiAgentMuJoCo):
         return out
 
 
+class VaultMuJoCo(LocalMuJoCo):
+    """A vault's scenario in MaMuJoCo (agent_obsk=1), seen as `obs`: `local` or `padded` (every agent of the scenario
+    observes its local observation), or `central`: one agent observing the state (the single-agent v5 observation, the
+    vault's infos.state) and acting with the joint action, every agent's action concatenated in agent order; the
+    environment splits it back to the agents (mamujoco's partition)."""
+
+    def __init__(self, env_id: str, path: Path, obs: str = "local", eval_episode_len: int = 1000):
+        if obs not in OBS:
+            raise ValueError(f"{env_id}: --obs must be one of {', '.join(OBS)}, got {obs!r}")
+        if eval_episode_len <= 0:
+            raise ValueError(f"{env_id}: --eval-episode-len must be > 0, got {eval_episode_len}")
+        _, _, self.scenario, _ = parse(env_id)
+        super().__init__(*SCENARIOS[self.scenario], agent_obsk=1, padded=obs == "padded", eval_episode_len=eval_episode_len)
+        self.env_id, self.vault_path, self.obs = env_id, Path(path), obs
+        if obs == "central":  # one agent: the state, the joint action in agent order
+            self.action_index = [np.concatenate(self.partition)]
+            self.n_agents, self.obs_dims, self.act_dims = 1, [self.state_dim], [self.joint_act_dim]
+
+    def observations(self) -> list[np.ndarray]:
+        return [self.state.astype(np.float32)] if self.obs == "central" else self.local_observations()
+
+    def observe(self, states: np.ndarray) -> list[np.ndarray]:
+        if self.obs == "central":
+            return [np.asarray(states, dtype=np.float32).copy()]
+        return super().observe(states)
+
+
 # ---- the split ----
 def read_agent(env: VaultMuJoCo, agent_id: int, progress=None) -> dict:
-    """Agent `agent_id`'s transitions of every stream of the vault (see the module docstring)."""
+    """Agent `agent_id`'s transitions of every stream of the vault (see the module docstring); with `obs="central"` the
+    one agent's: the state, every agent's action concatenated in agent order. The vault's checks are the same in every
+    view (in the central one they run over every agent's observations)."""
     vault = open_vault(env.env_id, env.vault_path)
     stores = check_layout(env, vault)
     where = f"the vault at {env.vault_path}"
     n = int(vault.vault_index)
     read = lambda key, *index: np.asarray(stores[key][(slice(None), slice(0, n), *index)].read().result())  # noqa: E731
-    width, act_dim, index = env.local_dims[agent_id], env.act_dims[agent_id], env.obs_index[agent_id]
-    obs = read("observations", agent_id).astype(np.float32)  # [B, T, padded]
-    actions = read("actions", agent_id)[..., :act_dim].astype(np.float32)
+    central = env.obs == "central"
+    members = list(range(env.scenario_agents)) if central else [agent_id]  # the scenario's agents this file holds
+    obs = {i: read("observations", i).astype(np.float32) for i in members}  # [B, T, padded] each
+    actions = np.concatenate([read("actions", i)[..., : env.agent_act_dims[i]] for i in members], -1).astype(np.float32)
     rewards = read("rewards").astype(np.float32)  # [B, T, N]
     terminals, truncations = (flags(read(k), k, where) for k in ("terminals", "truncations"))
     states = read("state").astype(np.float32)  # [B, T, S]
-    for name, array in (("observations", obs), ("actions", actions), ("rewards", rewards), ("infos.state", states)):
+    for name, array in (*(("observations", o) for o in obs.values()), ("actions", actions), ("rewards", rewards),
+                        ("infos.state", states)):
         if not np.isfinite(array).all():
             raise ValueError(f"{where}: {name} hold NaN or inf")
-    if (obs[..., width:] != 0).any():
-        raise ValueError(f"{where} does not fit {env.scenario}: agent {agent_id}'s observations are not zero beyond its "
-                         f"{width} local numbers (OG-MARL pads with zeros)")
+    for i in members:
+        if (obs[i][..., env.local_dims[i]:] != 0).any():
+            raise ValueError(f"{where} does not fit {env.scenario}: agent {i}'s observations are not zero beyond its "
+                             f"{env.local_dims[i]} local numbers (OG-MARL pads with zeros)")
     if not (rewards == rewards[..., :1]).all():
         raise ValueError(f"{where}: the agents' rewards differ; a {ENV_NAME} vault holds the team reward for every agent")
     for name, array in (("terminals", terminals), ("truncations", truncations)):
@@ -319,21 +361,22 @@ def read_agent(env: VaultMuJoCo, agent_id: int, progress=None) -> dict:
             raise ValueError(f"{where}: {name} are set for some agents of a step but not all; MaMuJoCo's agents end together")
     parts = {k: [] for k in ("obs", "actions", "rewards", "next_obs", "dones", "timeouts", "states", "episode_return")}
     clip = VELOCITY_CLIP.get(env.robot)
-    for b in range(obs.shape[0]):
+    for b in range(states.shape[0]):
         term, trunc = terminals[b, :, 0], truncations[b, :, 0]
         end = term | trunc
         ends = np.flatnonzero(end)
         starts = np.r_[0, ends + 1]
         starts = starts[starts < n]
-        # the local observations at episode starts are mamujoco's agent_obsk=1 observations of the recorded state
-        local, mapped = obs[b, starts, :width], states[b][starts][:, index]
-        bad = ~np.isclose(local, mapped, rtol=1e-5, atol=1e-5)
-        if clip is not None:  # the state clips these robots' joint velocities, the local observations do not
-            bad &= ~((np.abs(mapped) == np.float32(clip)) & (np.abs(local) >= np.float32(clip)))
-        if bad.any():
-            row = starts[np.flatnonzero(bad.any(1))[0]]
-            raise ValueError(f"{where} does not fit {env.scenario}: agent {agent_id}'s observation at the episode start of "
-                             f"stream {b}, step {row} is not MaMuJoCo's local observation (agent_obsk=1) of the recorded state")
+        for i in members:  # the local observations at episode starts are mamujoco's agent_obsk=1 ones of the recorded state
+            width, index = env.local_dims[i], env.obs_index[i]
+            local, mapped = obs[i][b, starts, :width], states[b][starts][:, index]
+            bad = ~np.isclose(local, mapped, rtol=1e-5, atol=1e-5)
+            if clip is not None:  # the state clips these robots' joint velocities, the local observations do not
+                bad &= ~((np.abs(mapped) == np.float32(clip)) & (np.abs(local) >= np.float32(clip)))
+            if bad.any():
+                row = starts[np.flatnonzero(bad.any(1))[0]]
+                raise ValueError(f"{where} does not fit {env.scenario}: agent {i}'s observation at the episode start of "
+                                 f"stream {b}, step {row} is not MaMuJoCo's local observation (agent_obsk=1) of the recorded state")
         if not len(ends):
             continue  # no whole episode in this stream
         last = ends[-1]
@@ -345,7 +388,10 @@ def read_agent(env: VaultMuJoCo, agent_id: int, progress=None) -> dict:
         timeouts = np.zeros(len(keep), dtype=bool)
         timeouts[:-1] = dropped[1 : last + 1] & ~end[:last]
         keep_mask = ~dropped[keep]
-        columns = obs[b] if env.obs == "padded" else obs[b, :, :width]
+        if central:
+            columns = states[b]
+        else:
+            columns = obs[agent_id][b] if env.obs == "padded" else obs[agent_id][b, :, : env.local_dims[agent_id]]
         parts["obs"].append(columns[keep][keep_mask])
         parts["next_obs"].append(columns[next_row][keep_mask])
         parts["actions"].append(np.clip(actions[b, keep], -1.0, 1.0)[keep_mask])

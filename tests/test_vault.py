@@ -124,6 +124,45 @@ def test_hand_made_vault_splits_by_hand(vaults, tmp_path):
     np.testing.assert_array_equal(data_padded[0]["obs"][:7], exp["observations"][0, :7, 0])  # OG-MARL's padded rows
 
 
+def test_central_view_is_the_state_and_the_joint_action_by_hand(vaults, tmp_path):
+    """--obs central: ONE agent observing infos.state and acting with every agent's action concatenated in agent order,
+    with the split's rows, team reward and flags; its dataset folder is not the split's."""
+    env_id = "vault:test/gymnasium_mamujoco/3hopper/Hand"
+    exp = read_raw(vaults, "test", "3hopper", "Hand")
+    env, data, meta = dataset.load(env_id, {"obs": "central"}, dataset_dir=str(tmp_path))
+    assert (env.n_agents, env.obs_dims, env.act_dims, meta["n_transitions"]) == (1, [11], [3], [13])
+    _, split, split_meta = dataset.load(env_id, dataset_dir=str(tmp_path), agent_ids=[0])
+    assert meta["path"] != split_meta["path"] and meta["env_kwargs"]["obs"] == "central"
+    got, start = data[0], 0
+    for b, rows, next_rows in ((0, [0, 1, 2, 3, 4, 5, 6], [1, 2, 3, 3, 5, 6, 7]), (1, [0, 1, 2, 3, 4, 5], [1, 2, 2, 4, 5, 6])):
+        s = slice(start, start + len(rows))
+        np.testing.assert_array_equal(got["obs"][s], exp["infos"]["state"][b, rows])
+        np.testing.assert_array_equal(got["next_obs"][s], exp["infos"]["state"][b, next_rows])
+        np.testing.assert_array_equal(got["actions"][s], exp["actions"][b, rows, :, 0])  # agents 0, 1, 2: one joint each
+        start += len(rows)
+    for key in ("rewards", "dones", "timeouts", "states", "episode_return"):
+        np.testing.assert_array_equal(got[key], split[0][key])
+
+
+def test_central_env_splits_the_joint_action_back_to_the_agents():
+    """2ant: agent 0 drives joints 2-5, agent 1 joints 6, 7, 0, 1. The central agent's action is theirs concatenated in
+    agent order; stepping it is stepping the scenario with each agent's part. It observes the state."""
+    central = envs.make("vault:og_marl/gymnasium_mamujoco/2ant/Replay", obs="central")
+    local = envs.make("vault:og_marl/gymnasium_mamujoco/2ant/Replay")
+    assert (central.n_agents, central.obs_dims, central.act_dims) == (1, [105], [8])
+    assert np.concatenate(local.partition).tolist() != list(range(8))  # agent order is not the joint order
+    rng, n = np.random.default_rng(3), 3
+    (obs,), _ = central.reset(n, np.random.default_rng(7)), local.reset(n, np.random.default_rng(7))
+    for _ in range(4):
+        np.testing.assert_array_equal(obs, local.state.astype(np.float32))
+        np.testing.assert_array_equal(central.observe(local.state)[0], obs)
+        actions = [rng.uniform(-1, 1, (n, 4)).astype(np.float32) for _ in range(2)]
+        (obs,), reward, terminated = central.step([np.concatenate(actions, -1)])
+        _, local_reward, local_terminated = local.step(actions)
+        np.testing.assert_array_equal(reward, local_reward)
+        np.testing.assert_array_equal(terminated, local_terminated)
+
+
 def test_writer_vault_splits_and_the_agents_share_the_episodes(vaults, tmp_path):
     env, data, meta = dataset.load("vault:odmarl/gymnasium_mamujoco/3hopper/Mixture", dataset_dir=str(tmp_path))
     exp = read_raw(vaults, "odmarl", "3hopper", "Mixture")
@@ -216,7 +255,7 @@ def test_vaults_that_do_not_fit_their_scenario_are_refused(vaults, tmp_path, mon
     with pytest.raises(InputError, match="agent 0's observations are not zero beyond its 8 local numbers"):
         dataset.load("vault:x/gymnasium_mamujoco/3hopper/Padding", dataset_dir=str(tmp_path / "d"))
     assert not any(p.name.endswith(".npz") for p in (tmp_path / "d").rglob("*"))
-    with pytest.raises(InputError, match="--obs must be one of local, padded, got 'full'"):
+    with pytest.raises(InputError, match="--obs must be one of local, padded, central, got 'full'"):
         envs.make("vault:x/gymnasium_mamujoco/2halfcheetah/Hopper", obs="full")
 
 
@@ -280,11 +319,18 @@ def test_writer_refuses_what_it_cannot_write(vaults, tmp_path):
     assert not (tmp_path / "odmarl").exists() or not any((tmp_path / "odmarl").rglob("metadata.json"))
 
 
-def test_matd3bc_trains_on_a_written_vault(vaults, tmp_path):
+@pytest.mark.parametrize("view", [[], ["--obs", "central", "--no-vd", "--no-tn"]], ids=["split", "central"])
+def test_matd3bc_trains_on_a_written_vault(vaults, tmp_path, view):
+    """The split (MATD3+BC, two agents), and the centralized reference on the same vault: one TD3+BC agent."""
     flags = ["--env-id", "vault:odmarl/gymnasium_mamujoco/2halfcheetah/Expert", "--total-steps", "20", "--eval-freq", "20",
              "--vae-steps", "5", "--eval-episodes", "2", "--hidden-dim", "16", "--batch-size", "16", "--analysis-states", "20",
-             "--exp-name", "vault"]
+             "--exp-name", "vault", *view]
     conftest.run_script("matd3bc.py", tmp_path, *flags, env={"ODMARL_VAULT_DIR": str(vaults)})
     res, _ = conftest.find_run(tmp_path, "vault")
-    assert res["status"] == "complete" and res["agent_ids"] == [0, 1] and np.isfinite(res["final"]["normalized_score"])
+    assert res["status"] == "complete" and np.isfinite(res["final"]["normalized_score"])
     assert len(res["dataset"]["recipe"]["vault_sha256"]) == 16
+    if view:
+        assert (res["agent_ids"], res["algorithm"], res["env_kwargs"]["obs"]) == ([0], "TD3+BC", "central")
+        assert "value_difference" not in res["final"]
+    else:
+        assert (res["agent_ids"], res["algorithm"], res["env_kwargs"]["obs"]) == ([0, 1], "MATD3+BC", "local")
