@@ -16,7 +16,6 @@ The N learners are one batched ensemble (a leading agent dimension on every weig
 """
 
 import copy
-import os
 import random
 from dataclasses import dataclass
 from typing import Literal
@@ -37,24 +36,8 @@ SCRIPT = "mabcq_continuous"
 
 @dataclass
 class Args(contract.RunArgs):
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment (agent i draws everything from the stream [seed, i])"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = False
-    """if toggled, train on CUDA (refused when torch sees no CUDA device)"""
-    track: bool = False
-    """if toggled, mirror the TensorBoard logs to Weights and Biases"""
-    wandb_project_name: str = "offline-decentralized-marl"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-    save_model: bool = False
-    """whether to save one checkpoint per agent into `runs/{run_name}`"""
-
-    # Algorithm specific arguments
+    # Algorithm specific arguments (the generic ones, --seed, --cuda, --track, ..., are contract.RunArgs')
+    # the environment and its dataset
     env_id: str = "hopper-3x1"
     """the environment id: halfcheetah-2x3, walker2d-2x3, hopper-3x1 or ant-2x4"""
     eval_episode_len: int | None = None
@@ -65,6 +48,7 @@ class Args(contract.RunArgs):
     """dataset recipe: steps of a dataset episode before its time limit (None: the recipe's 1000)"""
     behavior_dir: str | None = None
     """dataset recipe: folder of the SAC behaviour actors, <env-id>/{early,intermediate,expert}.pt (None: shipped)"""
+    # training
     total_steps: int = 50_000
     """gradient steps per agent (50k: the reduced scale of docs/mabcq_continuous.md)"""
     eval_freq: int = 5_000
