@@ -25,7 +25,7 @@ updates through `param.data.copy_`. The batched path calls the script's own func
   Defaults: smax-3m (obs 75, 8 actions), (256, 256), batch 100 (ECAI Appendix B on SMAC).
 
 Prints one line per setting: batched and naive team updates/s, ms per team update, and
-ratio=<batched/naive>.
+ratio=<batched/naive>; for bcq first the layout mabcq_continuous.py's products take at these sizes.
 """
 
 import argparse
@@ -57,6 +57,10 @@ DEFAULTS = {"td3bc": dict(obs_dim=2, act_dim=1, hidden=256, batch_size=100),  # 
             "bcq": dict(obs_dim=17, act_dim=3, hidden=64, batch_size=1024),  # HalfCheetah 2x3 (Table 11), MuJoCo settings
             "cql": dict(obs_dim=75, act_dim=8, hidden=256, batch_size=100)}  # smax-3m (8m: obs 205, 13 actions), SMAC settings
 CQL = SimpleNamespace(gamma=0.99, tau=0.005, alpha=0.2, epsilon=0.99, lr=1e-4)  # macql.py's SMAC presets
+BCQ_LAYOUT = ("layout (mabcq_continuous.py's VectorizedLinear picks it by size, no flag): the state's share of each "
+              "first layer once per state, not once per sample; last layers of <= 8 outputs on >= 2**14 inputs per "
+              "member: one product per member (1 output) or the weight transposed in memory (more); all others one "
+              "batched product (docs/mabcq_continuous.md, Throughput)")
 
 
 def random_dataset(seed):
@@ -429,6 +433,8 @@ if __name__ == "__main__":
         OBS_DIM, ACT_DIM = setting["obs_dim"], setting["act_dim"]
         hidden, batch_size = setting["hidden"], setting["batch_size"]
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.clock} clock, {algo}, obs {OBS_DIM}, act {ACT_DIM}")
+        if algo == "bcq":
+            print(BCQ_LAYOUT)
         for n_agents in args.agents:
             batched, naive = [], []
             for _ in range(args.repeats):
