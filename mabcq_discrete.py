@@ -15,7 +15,6 @@ sampling live in envs/run.py and envs/dataset.py.
     python mabcq_discrete.py --resume runs/<run_name>                    # continue a killed run
 """
 
-import os
 import random
 from dataclasses import dataclass
 from typing import Literal

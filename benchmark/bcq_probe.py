@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as `pytho
 import envs  # noqa: E402
 import mabcq_continuous as M  # noqa: E402
 from envs import dataset as D  # noqa: E402
-from envs import run as contract  # noqa: E402
 from envs import InputError  # noqa: E402
 from envs import dataset as datasets  # noqa: E402
 

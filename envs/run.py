@@ -156,7 +156,7 @@ def pick_device(cuda: bool) -> torch.device:
 def check_wandb(track: bool) -> None:
     if track:
         try:
-            import wandb  # noqa: F401
+            import wandb  # noqa: F401  (only whether it imports)
         except ImportError:
             raise InputError("--track needs wandb: pip install wandb") from None
 
