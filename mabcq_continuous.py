@@ -13,6 +13,7 @@ The N learners are one batched ensemble (a leading agent dimension on every weig
     python mabcq_continuous.py --env-id hopper-3x1 --no-vd --no-tn      # BCQ
     python mabcq_continuous.py --env-id hopper-3x1 --ddpg               # DDPG: no generator, no bound, no weights
     python mabcq_continuous.py --env-id hopper-3x1 --behavior           # Behavior: G1's decoder acts, no Q
+    python mabcq_continuous.py --env-id vault:og_marl/gymnasium_mamujoco/2halfcheetah/Replay   # an OG-MARL vault
 """
 
 import copy
@@ -23,10 +24,9 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 import envs
-from envs import InputError, mamujoco
+from envs import InputError
 from envs import dataset as datasets
 from envs import run as contract
 from envs.dataset import gather, randn, sample_indices
@@ -39,7 +39,9 @@ class Args(contract.RunArgs):
     # Algorithm specific arguments (the generic ones, --seed, --cuda, --track, ..., are contract.RunArgs')
     # the environment and its dataset
     env_id: str = "hopper-3x1"
-    """the environment id: halfcheetah-2x3, walker2d-2x3, hopper-3x1 or ant-2x4"""
+    """halfcheetah-2x3, walker2d-2x3, hopper-3x1, ant-2x4, an OG-MARL vault:<id> or a user's data:<folder>"""
+    obs: str | None = None
+    """vault:<id>: `local` (default), `padded` (OG-MARL's) or `central` (one agent: the state and the joint action)"""
     eval_episode_len: int | None = None
     """steps of an evaluation episode (None: the env's 1000); the dataset does not depend on it"""
     n_transitions: int | None = None
@@ -107,7 +109,7 @@ class Args(contract.RunArgs):
     """states sampled from the union of the agents' data for the value-difference metric"""
 
 
-# the paper's optimism level epsilon per task (Appendix B): tuned by the authors per robot
+# the paper's optimism level epsilon per task (Appendix B), tuned by the authors per robot (vaults: their robot's)
 PRESETS = {"halfcheetah-2x3": dict(epsilon=0.80), "walker2d-2x3": dict(epsilon=0.48), "hopper-3x1": dict(epsilon=0.80),
            "ant-2x4": dict(epsilon=0.64)}
 
@@ -149,14 +151,11 @@ class VectorizedLinear(nn.Module):
 
     def __init__(self, in_features, out_features, generators, twins=1, device=None):
         super().__init__()
-        bound = 1 / np.sqrt(in_features)  # nn.Linear's default init, drawn from each agent's own stream
-        weights, biases = [], []
-        for _ in range(twins):
-            for g in generators:
-                weights.append((torch.rand(in_features, out_features, generator=g, device=device) * 2 - 1) * bound)
-                biases.append((torch.rand(1, out_features, generator=g, device=device) * 2 - 1) * bound)
-        self.weight = nn.Parameter(torch.stack(weights))
-        self.bias = nn.Parameter(torch.stack(biases))
+        bound = 1 / np.sqrt(in_features)  # nn.Linear's default init, drawn from each agent's own stream (twin-major)
+        draws = [(torch.rand(in_features, out_features, generator=g, device=device),
+                  torch.rand(1, out_features, generator=g, device=device)) for _ in range(twins) for g in generators]
+        self.weight = nn.Parameter((torch.stack([w for w, _ in draws]) * 2 - 1) * bound)
+        self.bias = nn.Parameter((torch.stack([b for _, b in draws]) * 2 - 1) * bound)
 
     def forward(self, x, members=None, state=None):
         weight, bias = (self.weight, self.bias) if members is None else (self.weight[members], self.bias[members])
@@ -171,19 +170,14 @@ class VectorizedLinear(nn.Module):
         return torch.baddbmm(bias, x, weight.mT.contiguous().mT)  # other narrow layers: 2-3x faster, weight transposed
 
 
-def widths(hidden_dim) -> tuple[int, ...]:
-    """`--hidden-dim 64` means (64, 64), as in the other scripts; `--hidden-dim 400 300` is BCQ's code."""
-    return tuple(hidden_dim) * 2 if len(hidden_dim) == 1 else tuple(hidden_dim)
-
-
 class MLP(nn.Module):
     """ReLU MLP of VectorizedLinear layers with the given hidden widths; `members`, `state`: VectorizedLinear."""
 
     def __init__(self, in_dim, out_dim, hidden_dim, generators, twins=1, device=None):
         super().__init__()
-        sizes = [in_dim, *widths(hidden_dim), out_dim]
-        layers = [VectorizedLinear(i, o, generators, twins, device) for i, o in zip(sizes, sizes[1:])]
-        self.layers = nn.ModuleList(layers)
+        hidden = tuple(hidden_dim) * 2 if len(hidden_dim) == 1 else tuple(hidden_dim)  # 64: (64, 64), as elsewhere
+        sizes = [in_dim, *hidden, out_dim]
+        self.layers = nn.ModuleList(VectorizedLinear(i, o, generators, twins, device) for i, o in zip(sizes, sizes[1:]))
 
     def forward(self, x, members=None, state=None):
         for layer in self.layers[:-1]:
@@ -268,7 +262,7 @@ def make_networks(args, obs_dim, act_dim, generators, device) -> dict:
         return {}
     if args.ddpg:
         return dict(critic=Critics(obs_dim, act_dim, args.hidden_dim, generators, twins=1, device=device),
-                    actor=DeterministicActor(obs_dim, act_dim, args.hidden_dim, generators, device))
+                    actor=DeterministicActor(obs_dim, act_dim, args.hidden_dim, generators, device=device))
     return dict(critic=Critics(obs_dim, act_dim, args.hidden_dim, generators, twins=2, device=device),
                 xi=Perturbation(obs_dim, act_dim, args.hidden_dim, args.phi, generators, device))
 
@@ -306,17 +300,11 @@ def soft_clipped(q, lmbda):
     return lmbda * q.min(0).values + (1 - lmbda) * q.max(0).values
 
 
-def perturbed_samples(obs, g1, xi, noise):
-    """a_j + xi(s, a_j), a_j ~ G1(s), for n samples per state, all in one batched call. obs [n_agents, batch, obs_dim],
-    noise [n_agents, batch * n, latent] -> [n_agents, batch * n, act_dim], the n samples of a state side by side."""
-    return xi(obs, g1.decode(obs, noise))
-
-
 def bcq_policy(obs, g1, xi, critic, noise):
     """BCQ's policy (Section 3.4): n actions from G1, perturbed by xi, the one with the highest Q1 (as BCQ's code).
     obs [n_agents, batch, obs_dim], noise [n_agents, batch * n, latent] -> [n_agents, batch, act_dim]."""
     n_agents, batch, _ = obs.shape
-    act = perturbed_samples(obs, g1, xi, noise)
+    act = xi(obs, g1.decode(obs, noise))  # a_j + xi(s, a_j), a_j ~ G1(s): [n_agents, batch * n, act_dim]
     best = critic.q1(obs, act).view(n_agents, batch, -1).argmax(-1)  # [n_agents, batch]
     act = act.view(n_agents, batch, -1, act.shape[-1])  # [n_agents, batch, n, act_dim]
     return act.gather(2, best[..., None, None].expand(-1, -1, 1, act.shape[-1])).squeeze(2)
@@ -327,7 +315,7 @@ def bcq_next_value(next_obs, g1, xi_target, critic_target, noise, lmbda):
     value from the target networks (G1 itself has no target copy, as in BCQ's code).
     next_obs [n_agents, batch, obs_dim], noise [n_agents, batch * n, latent] -> [n_agents, batch]."""
     n_agents, batch, _ = next_obs.shape
-    act = perturbed_samples(next_obs, g1, xi_target, noise)
+    act = xi_target(next_obs, g1.decode(next_obs, noise))  # the n samples of a state side by side
     return soft_clipped(critic_target(next_obs, act), lmbda).view(n_agents, batch, -1).max(-1).values
 
 
@@ -398,8 +386,7 @@ def ddpg_update(batch, nets, targets, optimizers, g1, generators, args):
     return {"losses/td_loss": critic_loss, "losses/policy_loss": policy_loss, "losses/q_values": q}, None
 
 
-def behavior_update(batch, nets, targets, optimizers, g1, generators, args):
-    """The Behavior row learns nothing after G1's fit (unless --train-generator)."""
+def behavior_update(*_):  # the Behavior row learns nothing after G1's fit (unless --train-generator)
     return {}, None
 
 
@@ -414,15 +401,13 @@ def train_generator(update):
     return update_with_g1
 
 
-def fit_generative_models(g1, g2, data, args, generators, device, fit_g2=True, progress=True, on_step=None):
+def fit_generative_models(g1, g2, data, args, generators, device, fit_g2=True, steps=range):
     """Algorithm 1, line 4: fit G1(a|s) and, for lambda_tn, G2(a|s, s') on each agent's own data; then compute
     lambda_tn once for every transition (both frozen afterwards). Returns (lambda_tn [n_agents, T] or None, logs)."""
     parameters = [*g1.parameters(), *(g2.parameters() if fit_g2 else [])]
     optimizer = torch.optim.Adam(parameters, lr=args.g_learning_rate, fused=True)
     logs = {}
-    for _ in tqdm(range(args.vae_steps), desc="fitting G1" + (" and G2" if fit_g2 else ""), disable=not progress):
-        if on_step is not None:  # e.g. the run's share of the cores
-            on_step()
+    for _ in steps(args.vae_steps):  # steps=run.fit_steps: a progress bar and the run's share of the cores
         idx = sample_indices(data["size"], (args.batch_size,), generators)
         obs, act, next_obs = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["next_obs"], idx)
         noise = randn(generators, 2, args.batch_size, args.vae_latent_dim, device=device)  # drawn for G2 even when off
@@ -444,10 +429,7 @@ def fit_generative_models(g1, g2, data, args, generators, device, fit_g2=True, p
                 mu2, _ = g2.encode(torch.cat([obs, next_obs], -1), act)
                 mu_sq[1] += ((mu2**2).sum(-1) * own).sum()
                 lambda_tn[:, s] = transition_normalization(mu1, mu2)
-    n = sum(data["size"])
-    logs["vae/mu1_sq_norm"] = mu_sq[0].item() / n
-    if fit_g2:
-        logs["vae/mu2_sq_norm"] = mu_sq[1].item() / n
+    logs.update({f"vae/mu{k + 1}_sq_norm": mu_sq[k].item() / sum(data["size"]) for k in range(1 + fit_g2)})
     return lambda_tn, logs
 
 
@@ -466,9 +448,8 @@ def team_policy(args, nets, g1, seed, device):
 # ALGO LOGIC: evaluation of the team and the paper's analysis metrics
 @torch.no_grad()
 def evaluate(env, act, critic, obs_mean, obs_std, n_episodes, gamma, lmbda, seed, device):
-    """Run the team's policies `act(obs [n_agents, episodes, obs_dim]) -> actions` in `n_episodes` parallel episodes.
-
-    Returns the team return (undiscounted, first `eval_episode_len` steps), its D4RL-normalised score and, given
+    """Run the team's policies `act(obs [n_agents, episodes, obs_dim]) -> actions` in `n_episodes` parallel episodes:
+    the team return (undiscounted, first `eval_episode_len` steps), its D4RL-normalised score and, given
     critics, the extrapolation error |(1/N) sum_i Q_i(s, a_i) - G| at the start states (Table 7), Q_i the soft
     clipped value, G the discounted Monte-Carlo return of the team, rolled on past the episode length until
     gamma^t < 0.01 or the episode ends, so that G is not cut short."""
@@ -489,9 +470,10 @@ def evaluate(env, act, critic, obs_mean, obs_std, n_episodes, gamma, lmbda, seed
         alive &= ~terminated
         if not alive.any() and t >= env.eval_episode_len - 1:
             break
-    scores = mamujoco.normalized_score(env.env_id, team_return)
-    out = dict(team_return=float(team_return.mean()), team_return_std=float(team_return.std()),
-               normalized_score=float(scores.mean()), normalized_score_std=float(scores.std()))
+    out = dict(team_return=float(team_return.mean()), team_return_std=float(team_return.std()))
+    if hasattr(env, "normalized_score"):  # D4RL-normalised: the paper's tasks, vaults and data of a known robot
+        scores = env.normalized_score(team_return)
+        out.update(normalized_score=float(scores.mean()), normalized_score_std=float(scores.std()))
     if critic is not None:
         out.update(extrapolation_error=float(np.abs(q_start - discounted_return).mean()), q_start=float(q_start.mean()),
                    mc_return=float(discounted_return.mean()))
@@ -521,7 +503,7 @@ def generator_and_weights(data, args, generators, run, obs_dim, act_dim, device)
     if run.state is not None:  # G1 is restored with the other modules
         return g1, ones if run.state["lambda_tn"] is None else run.state["lambda_tn"].to(device)
     lambda_tn, run.results["vae"] = fit_generative_models(g1, g2, data, args, generators, device, fit_g2=not args.no_tn,
-                                                          on_step=run.cores.update)
+                                                          steps=run.fit_steps)
     run.scalars(0, run.results["vae"])
     if args.no_tn:
         return g1, ones
@@ -531,48 +513,47 @@ def generator_and_weights(data, args, generators, run, obs_dim, act_dim, device)
 
 def evaluate_checkpoints(args, env, env_kwargs, device) -> None:
     """--checkpoints: a team assembled from separately trained agents, evaluated once; their own settings win."""
-    n_agents, obs_dim, act_dim = env.n_agents, env.obs_dims[0], env.act_dims[0]
     shared = ("ddpg", "behavior", "hidden_dim", "vae_hidden_dim", "vae_latent_dim", "phi", "lmbda", "act_samples")
-    ckpts, args = contract.load_agent_checkpoints(args, SCRIPT, env_kwargs, n_agents, shared)
-    generators = datasets.agent_generators(args.seed, list(range(n_agents)), device)
-    nets = make_networks(args, obs_dim, act_dim, generators, device)
-    g1 = None if args.ddpg else make_generative_models(args, obs_dim, act_dim, generators, device)[0]
-    modules = {**nets, **({"g1": g1} if g1 is not None else {})}
-    obs_mean, obs_std = contract.load_team(ckpts, modules, "obs_mean", "obs_std", device=device)
-    final = contract.evaluate_checkpoints(args, SCRIPT, env_kwargs, ckpts, algorithm, lambda: evaluate(
-        env, team_policy(args, nets, g1, args.seed, device), nets.get("critic"), obs_mean, obs_std, args.eval_episodes,
+    ckpts, args = contract.load_agent_checkpoints(args, SCRIPT, env_kwargs, env.n_agents, shared)
+    generators = datasets.agent_generators(args.seed, range(len(ckpts)), device)
+    dims = (env.obs_dims[0], env.act_dims[0])
+    nets = make_networks(args, *dims, generators, device)
+    g1 = None if args.ddpg else make_generative_models(args, *dims, generators, device)[0]
+    mean, std = contract.load_team(ckpts, {**nets, "g1": g1} if g1 else nets, "obs_mean", "obs_std", device=device)
+    contract.evaluate_checkpoints(args, SCRIPT, env_kwargs, ckpts, algorithm, lambda: evaluate(
+        env, team_policy(args, nets, g1, args.seed, device), nets.get("critic"), mean, std, args.eval_episodes,
         args.gamma, args.lmbda, args.seed, device), device)
-    print(f"team of {n_agents} checkpoints: normalized score {final['normalized_score']:.1f}")
 
 
 KEYS = ("obs", "actions", "rewards", "next_obs", "dones")  # what an agent's minibatch holds, besides its lambda_tn
 
 if __name__ == "__main__":
     args = contract.parse_args(Args, SCRIPT)
-    if args.env_id not in mamujoco.TASKS:
-        raise InputError(f"{SCRIPT}.py runs on multi-agent MuJoCo ({', '.join(mamujoco.TASKS)}), not {args.env_id}")
-    if args.epsilon is None:
-        args.epsilon = PRESETS[args.env_id]["epsilon"]
     if args.ddpg or args.behavior:  # Table 5's DDPG and Behavior rows modify no transition probability
         args.no_vd = args.no_tn = True
+
+    # the environment and the agents this process trains; the evaluation length is no dataset option
+    env_kwargs, eval_kwargs = {"obs": args.obs}, {"eval_episode_len": args.eval_episode_len}
+    env = contract.make_env(SCRIPT, args.env_id, False, args.checkpoints, True, **env_kwargs, **eval_kwargs)
+    run_env_kwargs = envs.resolve(args.env_id, {**env_kwargs, **eval_kwargs})[0]
+    if args.epsilon is None:
+        if getattr(env, "reference_env_id", None) not in PRESETS:
+            raise InputError(f"{args.env_id}: no preset --epsilon (the paper tunes it per robot: {PRESETS}); pass one")
+        args.epsilon = PRESETS[env.reference_env_id]["epsilon"]
     check_args(args)
     algorithm_name, variant = algorithm(args)
     device = contract.pick_device(args.cuda)
     contract.check_wandb(args.track)
-
-    # the environment and the agents this process trains; the evaluation length is no dataset option
-    env = envs.make(args.env_id, eval_episode_len=args.eval_episode_len)
     if args.checkpoints:
-        evaluate_checkpoints(args, env, envs.resolve(args.env_id, {})[0], device)
+        evaluate_checkpoints(args, env, envs.resolve(args.env_id, env_kwargs)[0], device)  # the agents' env
         raise SystemExit(0)
     n_agents, obs_dim, act_dim = env.n_agents, env.obs_dims[0], env.act_dims[0]
     agent_ids = contract.parse_agent_ids(args.agent_ids, n_agents)
 
     # data: agent i reads only its own file
     recipe = {"n_transitions": args.n_transitions, "episode_len": args.episode_len, "behavior_dir": args.behavior_dir}
-    _, agent_data, meta = datasets.load(args.env_id, {}, recipe, args.dataset_dir, agent_ids)
-    data_env_kwargs = meta["env_kwargs"]
-    meta["env_kwargs"] = envs.resolve(args.env_id, {"eval_episode_len": args.eval_episode_len})[0]  # the run's env
+    _, agent_data, meta = datasets.load(args.env_id, env_kwargs, recipe, args.dataset_dir, agent_ids)
+    data_env_kwargs, meta["env_kwargs"] = meta["env_kwargs"], run_env_kwargs  # results.json: the run's env
     run = contract.Run(args, SCRIPT, algorithm_name, variant, meta, agent_ids, device)
 
     # TRY NOT TO MODIFY: seeding
@@ -588,19 +569,18 @@ if __name__ == "__main__":
         data = datasets.stack_agents([agent_data[i] for i in agent_ids], KEYS, device, normalize_obs=args.normalize_obs)
         analysis_obs = datasets.analysis_states(env, agent_data, agent_ids, args.analysis_states, args.seed, device)
         analysis_obs = (analysis_obs - data["obs_mean"]) / data["obs_std"]
-        g1, lambda_tn = generator_and_weights(data, args, generators, run, obs_dim, act_dim, device)
-        data["lambda_tn"] = lambda_tn
+        g1, data["lambda_tn"] = generator_and_weights(data, args, generators, run, obs_dim, act_dim, device)
 
         nets = make_networks(args, obs_dim, act_dim, generators, device)  # Algorithm 1, line 3
         targets = {k: copy.deepcopy(m) for k, m in nets.items()}
-        optimizers = {}
-        if nets:
-            policy = nets["actor" if args.ddpg else "xi"]
-            optimizers["critic"] = torch.optim.Adam(nets["critic"].parameters(), lr=args.q_learning_rate, fused=True)
-            optimizers["policy"] = torch.optim.Adam(policy.parameters(), lr=args.xi_learning_rate, fused=True)
+        optimizers = {} if args.behavior else {  # the policy: xi, or the DDPG row's actor
+            "critic": torch.optim.Adam(nets["critic"].parameters(), lr=args.q_learning_rate, fused=True),
+            "policy": torch.optim.Adam(nets["actor" if args.ddpg else "xi"].parameters(), lr=args.xi_learning_rate,
+                                       fused=True)}
         if args.train_generator:
             optimizers["g1"] = torch.optim.Adam(g1.parameters(), lr=args.g_learning_rate, fused=True)
-        modules = {**nets, **{f"{k}_target": m for k, m in targets.items()}, **({"g1": g1} if g1 is not None else {})}
+        agent = {**nets, "g1": g1} if g1 else nets  # what an agent keeps; the targets are training state
+        modules = {**agent, **{f"{k}_target": m for k, m in targets.items()}}
         sampler = datasets.Sampler(data, (*KEYS, "lambda_tn"), args.batch_size, generators)
         run.restore(modules, optimizers, sampler)
         update = ddpg_update if args.ddpg else behavior_update if args.behavior else bcq_update  # the row of Table 5
@@ -612,11 +592,11 @@ if __name__ == "__main__":
                 if len(agent_ids) > 1 and critic is not None:
                     entry["value_difference"] = value_difference(team_policy(args, nets, g1, seed, device), critic,
                                                                  analysis_obs, args.lmbda)
-                if len(agent_ids) == n_agents:
+                if len(agent_ids) == n_agents and getattr(env, "evaluates", True):
                     entry.update(evaluate(env, team_policy(args, nets, g1, seed, device), critic, data["obs_mean"],
                                           data["obs_std"], args.eval_episodes, args.gamma, args.lmbda, seed, device))
 
-        tn_state = None if args.no_tn else lambda_tn  # what the checkpoint keeps of lambda_tn
+        tn_state = None if args.no_tn else data["lambda_tn"]  # what the checkpoint keeps of lambda_tn
         if args.total_steps == 0:  # nothing to learn: evaluate the untrained team once
             evaluate_team(0)
             run.checkpoint(0, force=True, lambda_tn=tn_state)
@@ -634,5 +614,4 @@ if __name__ == "__main__":
             run.checkpoint(global_step, lambda_tn=tn_state)
 
         if args.save_model:
-            run.save_agents(data_env_kwargs, {**nets, **({"g1": g1} if g1 is not None else {})},
-                            obs_mean=data["obs_mean"], obs_std=data["obs_std"])
+            run.save_agents(data_env_kwargs, agent, obs_mean=data["obs_mean"], obs_std=data["obs_std"])

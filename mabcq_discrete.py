@@ -23,10 +23,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 import envs
-from envs import InputError, matrix_game
+from envs import matrix_game
 from envs import dataset as datasets
 from envs import run as contract
 from envs.dataset import gather, randn, sample_indices
@@ -265,15 +264,13 @@ def transition_normalization(g1_mean, g2_mean):
     return torch.exp(((g2_mean**2).sum(-1) - (g1_mean**2).sum(-1)) / 2)
 
 
-def fit_lambda_tn(data, args, generators, device, progress=True, on_step=None):
+def fit_lambda_tn(data, args, generators, device, steps=range):
     """Fit G1(a|s) and G2(a|s, s') on each agent's own data, then lambda_tn [n_agents, T] of every transition; logs."""
     obs_dim, n_actions = data["obs"].shape[-1], data["avail_actions"].shape[-1]
     g1 = ConditionalVAE(obs_dim, n_actions, args.vae_latent_dim, args.hidden_dim, generators, device)
     g2 = ConditionalVAE(2 * obs_dim, n_actions, args.vae_latent_dim, args.hidden_dim, generators, device)
     optimizer = torch.optim.Adam([*g1.parameters(), *g2.parameters()], lr=args.vae_learning_rate, fused=True)
-    for _ in tqdm(range(args.vae_steps), desc="fitting VAEs for lambda_tn", disable=not progress):
-        if on_step is not None:  # e.g. the run's share of the cores
-            on_step()
+    for _ in steps(args.vae_steps):  # steps=run.fit_steps: a progress bar and the run's share of the cores
         idx = sample_indices(data["size"], (args.vae_batch_size,), generators)
         obs, actions, next_obs = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["next_obs"], idx)
         onehot = F.one_hot(actions, n_actions).float()
@@ -390,7 +387,7 @@ def transition_weights(data, agent_data, args, generators, run, device):
         counted = [np.pad(c, (0, data["rewards"].shape[1] - len(c)), constant_values=1) for c in counted]
         lambda_tn = torch.as_tensor(np.stack(counted), device=device)
     else:
-        lambda_tn, run.results["vae"] = fit_lambda_tn(data, args, generators, device, on_step=run.cores.update)
+        lambda_tn, run.results["vae"] = fit_lambda_tn(data, args, generators, device, steps=run.fit_steps)
         run.scalars(0, run.results["vae"])
         print(", ".join(f"{k} {v:.3f}" for k, v in run.results["vae"].items()))
     run.results["lambda_tn"] = contract.lambda_tn_summary(lambda_tn, data["size"], run.agent_ids, args.tn_max)
@@ -407,8 +404,7 @@ def evaluate_checkpoints(args, env, env_kwargs, device) -> None:
     threshold = torch.tensor([c["args"]["threshold"] for c in ckpts], device=device)[:, None, None]  # each agent's own
     final = contract.evaluate_checkpoints(args, SCRIPT, env_kwargs, ckpts, algorithm, lambda: evaluate(
         env, qnet, threshold, args.eval_episodes, args.gamma, args.seed, device), device)
-    print(f"team of {n_agents} checkpoints: return {final['team_return']:.2f} ± {final['team_return_std']:.2f}, "
-          f"joint action at the first state {final['start_actions']}")
+    print(f"joint action at the first state {final['start_actions']}")
 
 
 KEYS = ("obs", "actions", "rewards", "next_obs", "dones", "avail_actions", "next_avail_actions")  # besides lambda_tn
@@ -422,9 +418,7 @@ if __name__ == "__main__":
 
     # the environment and the agents this process trains
     env_kwargs = {k: getattr(args, k) for k in ("payoff", "behavior") if getattr(args, k) is not None}
-    env = envs.make(args.env_id, **env_kwargs)
-    if not env.discrete:
-        raise InputError(f"{args.env_id} has continuous actions; use mabcq_continuous.py or matd3bc.py")
+    env = contract.make_env(SCRIPT, args.env_id, True, args.checkpoints, **env_kwargs)
     if args.checkpoints:
         evaluate_checkpoints(args, env, envs.resolve(args.env_id, env_kwargs)[0], device)
         raise SystemExit(0)
@@ -463,7 +457,7 @@ if __name__ == "__main__":
             with run.evaluation(step) as entry:
                 if analysis_obs is not None:
                     entry["value_difference"] = value_difference(qnet, threshold, analysis_obs)
-                if len(agent_ids) == n_agents:
+                if len(agent_ids) == n_agents and getattr(env, "evaluates", True):
                     entry.update(evaluate(env, qnet, threshold, args.eval_episodes, args.gamma, args.seed + step,
                                           device))
                 if args.env_id == "matrix-game":

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 import envs
 from envs import InputError
@@ -262,7 +261,7 @@ def td3bc_actor_loss(actor, critic, batch, weight, args):
     return (weight * (-bc_weight * q_pi + ((pi - batch["actions"]) ** 2).mean(-1))).mean(-1)
 
 
-def fit_lambda_tn(data, args, generators, device, progress=True, on_step=None):
+def fit_lambda_tn(data, args, generators, device, steps=range):
     """Fit G1(a|s) and G2(a|s, s') on each agent's own data, then compute lambda_tn once
     for every transition (the VAEs are frozen afterwards). Returns [n_agents, T] and the logs."""
     n, _, obs_dim = data["obs"].shape
@@ -270,9 +269,7 @@ def fit_lambda_tn(data, args, generators, device, progress=True, on_step=None):
     g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, args.hidden_dim, generators, device)
     g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, args.hidden_dim, generators, device)
     optimizer = torch.optim.Adam([*g1.parameters(), *g2.parameters()], lr=args.vae_learning_rate, fused=True)
-    for step in tqdm(range(args.vae_steps), desc="fitting VAEs for lambda_tn", disable=not progress):
-        if on_step is not None:  # e.g. the run's share of the cores
-            on_step()
+    for step in steps(args.vae_steps):  # steps=run.fit_steps: a progress bar and the run's share of the cores
         idx = sample_indices(data["size"], (args.vae_batch_size,), generators)
         obs, act, next_obs = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["next_obs"], idx)
         noise = randn(generators, 2, args.vae_batch_size, args.vae_latent_dim, device=device)
@@ -351,7 +348,7 @@ def transition_weights(data, args, generators, run, device):
         return torch.ones(data["rewards"].shape, device=device)
     if run.state is not None:
         return run.state["lambda_tn"].to(device)
-    lambda_tn, run.results["vae"] = fit_lambda_tn(data, args, generators, device, on_step=run.cores.update)
+    lambda_tn, run.results["vae"] = fit_lambda_tn(data, args, generators, device, steps=run.fit_steps)
     run.scalars(0, run.results["vae"])
     run.results["lambda_tn"] = contract.lambda_tn_summary(lambda_tn, data["size"], run.agent_ids, args.tn_max)
     return lambda_tn.clamp(max=args.tn_max)
@@ -366,9 +363,8 @@ def evaluate_checkpoints(args, env, env_kwargs, device) -> None:
     critic = TwinCritic(obs_dim, act_dim, args.hidden_dim, generators, device)
     modules = dict(actor=actor, critic=critic)
     obs_mean, obs_std = contract.load_team(ckpts, modules, "obs_mean", "obs_std", device=device)
-    final = contract.evaluate_checkpoints(args, SCRIPT, env_kwargs, ckpts, algorithm, lambda: evaluate(
+    contract.evaluate_checkpoints(args, SCRIPT, env_kwargs, ckpts, algorithm, lambda: evaluate(
         env, actor, critic, obs_mean, obs_std, args.eval_episodes, args.gamma, args.seed, device), device)
-    print(f"team of {n_agents} checkpoints: return {final['team_return']:.2f} ± {final['team_return_std']:.2f}")
 
 
 KEYS = ("obs", "actions", "rewards", "next_obs", "dones")  # what an agent's minibatch holds, besides its lambda_tn
@@ -388,18 +384,7 @@ if __name__ == "__main__":
     if not args.env_id.startswith("minari:") and args.partition is not None:
         raise InputError(f"--partition only applies to minari:<dataset id>; {args.env_id} has its own agents")
     env_kwargs = {"obs": args.obs} if args.env_id == "dg" or vault else {"partition": args.partition}
-    env = envs.make(args.env_id, **env_kwargs)
-    if env.discrete:
-        raise InputError(f"{args.env_id} has discrete actions; matd3bc.py needs continuous ones (see macql.py)")
-    if not hasattr(env, "observe"):  # data:<folder> whose agents share no state: no value difference (Table 6)
-        raise InputError(f"{args.env_id}: its agents share no states, so matd3bc.py cannot measure the value "
-                         "difference; give every agent file `states`, or set aligned in meta.json if its rows line up "
-                         "(docs/own-data.md)")
-    if not getattr(env, "evaluates", True):  # data:<folder> without an evaluation env: the value metrics only
-        if args.checkpoints:
-            raise InputError(f"--checkpoints evaluates a team; {args.env_id} has no evaluation env (meta.json)")
-        print(f"{args.env_id}: no evaluation env (meta.json names none), so the team is not evaluated; "
-              "value metrics only")
+    env = contract.make_env(SCRIPT, args.env_id, False, args.checkpoints, needs_states=True, **env_kwargs)
     if args.checkpoints:
         evaluate_checkpoints(args, env, envs.resolve(args.env_id, env_kwargs)[0], device)
         raise SystemExit(0)

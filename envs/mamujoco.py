@@ -100,7 +100,8 @@ class MultiAgentMuJoCo:
             raise ValueError(f"{env_id}: --eval-episode-len must be > 0, got {eval_episode_len}")
         route_mujoco_warnings()
         task = TASKS[env_id]
-        self.env_id = env_id
+        self.env_id = self.reference_env_id = env_id  # reference: D4RL's returns and the scripts' presets
+        self.normalized_score = lambda returns: normalized_score(env_id, returns)
         self.gym_id = f"{task['scenario']}-v5"
         self.eval_episode_len = int(eval_episode_len)
         # mamujoco's factorisation: agent i drives joint-action entries action_index[i]

@@ -147,6 +147,27 @@ def parse_agent_ids(text: str | None, n_agents: int) -> list[int]:
     return agent_ids
 
 
+SCRIPTS_OF = {True: "mabcq_discrete.py or macql.py", False: "mabcq_continuous.py or matd3bc.py"}
+
+
+def make_env(script: str, env_id: str, discrete: bool, checkpoints=None, needs_states=False, **env_kwargs):
+    """The env a script trains on, refused in one line where the script cannot use it: the other kind of actions,
+    agents that share no states when the script measures the value difference (`needs_states`), or --checkpoints (a
+    team to evaluate) where nothing evaluates (data:<folder> without an evaluation env: said once, value metrics only)."""
+    env = envs.make(env_id, **env_kwargs)
+    if env.discrete != discrete:
+        kind, wanted = ("discrete", "continuous") if env.discrete else ("continuous", "discrete")
+        raise InputError(f"{env_id} has {kind} actions; {script}.py needs {wanted} ones (use {SCRIPTS_OF[env.discrete]})")
+    if needs_states and not hasattr(env, "observe"):  # data:<folder> of separately logged agents
+        raise InputError(f"{env_id}: its agents share no states, so {script}.py cannot measure the value difference; "
+                         "give every agent file `states`, or set aligned in meta.json if its rows line up (docs/own-data.md)")
+    if not getattr(env, "evaluates", True):
+        if checkpoints:
+            raise InputError(f"--checkpoints evaluates a team; {env_id} has no evaluation env (meta.json)")
+        print(f"{env_id}: no evaluation env (meta.json names none), so the team is not evaluated; value metrics only")
+    return env
+
+
 def pick_device(cuda: bool) -> torch.device:
     if cuda and not torch.cuda.is_available():
         raise InputError("--cuda: torch sees no CUDA device on this machine; drop --cuda to train on the CPU")
@@ -293,8 +314,10 @@ def evaluate_checkpoints(args, script: str, env_kwargs: dict, checkpoints: list[
     run.results["checkpoints"] = [dict(path=str(p), algorithm=algorithm(replace(args, **{k: c["args"][k] for k in flags}))[0],
                                        args=c["args"]) for p, c in zip(args.checkpoints, checkpoints)]
     with run:
-        run.results["final"] = evaluate()
-    return run.results["final"]
+        run.results["final"] = final = evaluate()
+    print(f"team of {n_agents} checkpoints: return {final['team_return']:.2f} ± {final['team_return_std']:.2f}"
+          + "".join(f", {k} {final[k]:.1f}" for k in ("normalized_score", "win_rate") if k in final))
+    return final
 
 
 def load_team(checkpoints: list[dict], modules: dict, *per_agent: str, device=None) -> list:
@@ -468,6 +491,13 @@ class Run:
         self.session_start = self.clock = time.time()
         for step in tqdm(range(self.start_step + 1, self.args.total_steps + 1), desc="training", unit=" steps",
                          initial=self.start_step, total=self.args.total_steps):
+            self.cores.update()
+            yield step
+
+    def fit_steps(self, n: int):
+        """The steps of a fit before training (the generative models of lambda_tn), with a progress bar and the run's
+        share of the cores: a script's fit takes `steps=run.fit_steps` (plain `range` without a run)."""
+        for step in tqdm(range(n), desc="fitting the generative models", unit=" steps"):
             self.cores.update()
             yield step
 

@@ -13,8 +13,7 @@ import pytest
 import torch
 import dataclasses
 
-import conftest
-from conftest import ROOT, find_run, one_line_error, run_script
+from conftest import ROOT, one_line_error, run_script
 
 SCRIPTS = [s for s in ("matd3bc.py", "mabcq_discrete.py", "mabcq_continuous.py", "macql.py") if (ROOT / s).exists()]
 # a short run of each script that crosses the 1000-step boundary of the sampling chunks, with checkpoints

@@ -536,7 +536,7 @@ def test_a_dataset_that_cannot_be_built_or_is_another_envs_is_refused_in_one_lin
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--env-id", "dg"], "error: mabcq_continuous.py runs on multi-agent MuJoCo"),
+    (["--env-id", "dg"], "error: dg: no preset --epsilon (the paper tunes it per robot"),
     (["--ddpg", "--behavior"], "error: --ddpg and --behavior are two rows of Table 5; pick one"),
     (["--ddpg", "--train-generator"], "error: --train-generator trains BCQ's generator G1; the --ddpg row has none"),
     (["--phi", "0"], "error: --phi must lie in (0, 1]"),

@@ -1,7 +1,6 @@
 """matd3bc.py: the weights, the per-agent independence of the batched ensemble, and smoke runs."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -78,7 +77,7 @@ def test_vae_lambda_tn_gives_the_rarer_next_state_the_larger_weight():
         "size": [n],
     }
     gens = dataset.agent_generators(0, [0], "cpu")
-    lambda_tn, _ = matd3bc.fit_lambda_tn(data, vae_args(), gens, "cpu", progress=False)
+    lambda_tn, _ = matd3bc.fit_lambda_tn(data, vae_args(), gens, "cpu")
     rare = torch.as_tensor(~follows)
     assert lambda_tn[0, rare].mean() > 1.5 * lambda_tn[0, ~rare].mean()
 

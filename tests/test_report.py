@@ -19,7 +19,7 @@ def test_a_committed_page_is_what_the_report_makes_from_the_archived_records(tmp
     committed = (ROOT / "docs" / "results" / f"{TABLE}.md").read_text()
     assert made == committed, (f"docs/results/{TABLE}.md is not what `python -m benchmark.report {TABLE}` makes from the "
                                "archive: regenerate it with that command, never by hand")
-    assert made.startswith(f"# ") and f"Made by `python -m benchmark.report {TABLE}`" in made
+    assert made.startswith("# ") and f"Made by `python -m benchmark.report {TABLE}`" in made
     images = sorted((tmp_path / "docs" / "img").iterdir())
     assert images  # the curves too, byte for byte (matplotlib is pinned; the PNGs carry no version or date)
     for image in images:

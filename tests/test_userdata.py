@@ -46,12 +46,18 @@ def edit(file, **changes):
     np.savez(file, **{k: v for k, v in arrays.items() if v is not None})
 
 
-def test_matd3bc_trains_on_a_folder_without_evaluation_env_and_leaves_it_as_it_was(tmp_path):
-    folder = write_folder(tmp_path / "logs", aligned=True)
+SCRIPT_FLAGS = {"matd3bc.py": ["--analysis-states", "20"], "mabcq_continuous.py": ["--analysis-states", "20", "--epsilon", "0.5"],
+                "macql.py": [], "mabcq_discrete.py": []}
+
+
+@pytest.mark.parametrize("script", SCRIPT_FLAGS)
+def test_every_script_trains_on_a_folder_without_evaluation_env_and_leaves_it_as_it_was(tmp_path, script):
+    discrete = script in ("macql.py", "mabcq_discrete.py")
+    folder = write_folder(tmp_path / "logs", aligned=True, discrete=discrete, act_dim=4 if discrete else 2)
     before = fingerprint(folder)
     flags = ["--env-id", "data:logs", "--total-steps", "20", "--eval-freq", "10", "--vae-steps", "5", "--hidden-dim", "16",
-             "--batch-size", "16", "--analysis-states", "20", "--exp-name", "own"]
-    proc = conftest.run_script("matd3bc.py", tmp_path, *flags)
+             "--batch-size", "16", "--exp-name", "own", *SCRIPT_FLAGS[script]]
+    proc = conftest.run_script(script, tmp_path, *flags)
     assert proc.stdout.count("data:logs: no evaluation env") == 1
     res, _ = conftest.find_run(tmp_path, "own")
     assert res["status"] == "complete" and res["agent_ids"] == [0, 1] and len(res["evaluations"]) == 2

@@ -334,3 +334,19 @@ def test_matd3bc_trains_on_a_written_vault(vaults, tmp_path, view):
         assert "value_difference" not in res["final"]
     else:
         assert (res["agent_ids"], res["algorithm"], res["env_kwargs"]["obs"]) == ([0, 1], "MATD3+BC", "local")
+
+
+@pytest.mark.parametrize("view", [[], ["--obs", "central", "--no-vd", "--no-tn"]], ids=["split", "central"])
+def test_mabcq_continuous_trains_on_a_written_vault(vaults, tmp_path, view):
+    """MABCQ on the split, BCQ on the joint data; epsilon is the robot's preset (HalfCheetah's 0.8)."""
+    flags = ["--env-id", "vault:odmarl/gymnasium_mamujoco/2halfcheetah/Expert", "--total-steps", "20", "--eval-freq", "20",
+             "--vae-steps", "5", "--eval-episodes", "2", "--eval-episode-len", "30", "--hidden-dim", "16", "--batch-size",
+             "16", "--analysis-states", "20", "--exp-name", "vault", *view]
+    conftest.run_script("mabcq_continuous.py", tmp_path, *flags, env={"ODMARL_VAULT_DIR": str(vaults)})
+    res, _ = conftest.find_run(tmp_path, "vault")
+    assert res["status"] == "complete" and np.isfinite(res["final"]["normalized_score"]) and res["args"]["epsilon"] == 0.8
+    assert res["env_kwargs"] == {"obs": "central" if view else "local", "eval_episode_len": 30}
+    if view:
+        assert (res["agent_ids"], res["algorithm"]) == ([0], "BCQ") and "value_difference" not in res["final"]
+    else:
+        assert (res["agent_ids"], res["algorithm"]) == ([0, 1], "MABCQ") and np.isfinite(res["final"]["value_difference"])
