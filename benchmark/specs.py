@@ -214,7 +214,7 @@ def _fig1ab() -> Table:
                                       "--eval-episodes", "10"], methods, {"reduced": 50_000, "paper": 50_000}, SEEDS3,
               metric="normalized_score") for scenario in ("2halfcheetah", "2ant")],
         note="Not the paper's data or methods: its Figure 1a/b is MACQL against MAICQ on SMAC. The vaults: "
-             "`python -m envs.vault --scenario <2halfcheetah|2ant> --quality mixture` (docs/datasets.md).")
+             "`python -m envs.vault --scenario <2halfcheetah|2ant> --quality mixture` (docs/vaults.md).")
 
 
 TABLES = {"table2-4": _table2_4, "table9": _table9, "fig1c": _fig1c, "table5": _table5, "table5-kl": _table5_kl,
