@@ -538,7 +538,8 @@ if __name__ == "__main__":
     run_env_kwargs = envs.resolve(args.env_id, {**env_kwargs, **eval_kwargs})[0]
     if args.epsilon is None:
         if getattr(env, "reference_env_id", None) not in PRESETS:
-            raise InputError(f"{args.env_id}: no preset --epsilon (the paper tunes it per robot: {PRESETS}); pass one")
+            tuned = ", ".join(f"{robot} {preset['epsilon']}" for robot, preset in PRESETS.items())
+            raise InputError(f"{args.env_id}: no preset --epsilon (the paper tunes it per robot: {tuned}); pass one")
         args.epsilon = PRESETS[env.reference_env_id]["epsilon"]
     check_args(args)
     algorithm_name, variant = algorithm(args)
