@@ -534,7 +534,8 @@ if __name__ == "__main__":
 
     # the environment and the agents this process trains; the evaluation length is no dataset option
     env_kwargs, eval_kwargs = {"obs": args.obs}, {"eval_episode_len": args.eval_episode_len}
-    env = contract.make_env(SCRIPT, args.env_id, False, args.checkpoints, True, **env_kwargs, **eval_kwargs)
+    env = contract.make_env(SCRIPT, args.env_id, discrete=False, checkpoints=args.checkpoints, needs_states=True,
+                            **env_kwargs, **eval_kwargs)
     run_env_kwargs = envs.resolve(args.env_id, {**env_kwargs, **eval_kwargs})[0]
     if args.epsilon is None:
         if getattr(env, "reference_env_id", None) not in PRESETS:

@@ -396,7 +396,7 @@ if __name__ == "__main__":
 
     # the environment and the agents this process trains
     env_kwargs = {k: getattr(args, k) for k in ("payoff", "behavior") if getattr(args, k) is not None}
-    env = contract.make_env(SCRIPT, args.env_id, True, args.checkpoints, **env_kwargs)
+    env = contract.make_env(SCRIPT, args.env_id, discrete=True, checkpoints=args.checkpoints, **env_kwargs)
     if args.checkpoints:
         evaluate_checkpoints(args, env, envs.resolve(args.env_id, env_kwargs)[0], device)
         raise SystemExit(0)

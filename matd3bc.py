@@ -384,7 +384,8 @@ if __name__ == "__main__":
     if not args.env_id.startswith("minari:") and args.partition is not None:
         raise InputError(f"--partition only applies to minari:<dataset id>; {args.env_id} has its own agents")
     env_kwargs = {"obs": args.obs} if args.env_id == "dg" or vault else {"partition": args.partition}
-    env = contract.make_env(SCRIPT, args.env_id, False, args.checkpoints, needs_states=True, **env_kwargs)
+    env = contract.make_env(SCRIPT, args.env_id, discrete=False, checkpoints=args.checkpoints, needs_states=True,
+                            **env_kwargs)
     if args.checkpoints:
         evaluate_checkpoints(args, env, envs.resolve(args.env_id, env_kwargs)[0], device)
         raise SystemExit(0)

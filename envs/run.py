@@ -150,7 +150,7 @@ def parse_agent_ids(text: str | None, n_agents: int) -> list[int]:
 SCRIPTS_OF = {True: "mabcq_discrete.py or macql.py", False: "mabcq_continuous.py or matd3bc.py"}
 
 
-def make_env(script: str, env_id: str, discrete: bool, checkpoints=None, needs_states=False, **env_kwargs):
+def make_env(script: str, env_id: str, *, discrete: bool, checkpoints=None, needs_states=False, **env_kwargs):
     """The env a script trains on, refused in one line where the script cannot use it: the other kind of actions,
     agents that share no states when the script measures the value difference (`needs_states`), or --checkpoints (a
     team to evaluate) where nothing evaluates (data:<folder> without an evaluation env: said once, value metrics only)."""
