@@ -26,7 +26,6 @@ import torch
 import torch.nn as nn
 
 import envs
-from envs import InputError
 from envs import dataset as datasets
 from envs import run as contract
 from envs.dataset import gather, randn, sample_indices
@@ -117,9 +116,9 @@ PRESETS = {"halfcheetah-2x3": dict(epsilon=0.80), "walker2d-2x3": dict(epsilon=0
 def check_args(args: Args) -> None:
     """Every flag's range, before anything is read or written (dataset options: envs.resolve)."""
     if args.ddpg and args.behavior:
-        raise InputError("--ddpg and --behavior are two rows of Table 5; pick one")
+        raise envs.InputError("--ddpg and --behavior are two rows of Table 5; pick one")
     if args.ddpg and args.train_generator:
-        raise InputError("--train-generator trains BCQ's generator G1; the --ddpg row has none")
+        raise envs.InputError("--train-generator trains BCQ's generator G1; the --ddpg row has none")
     contract.check_ranges(
         args, at_least_zero=("vae_steps",),
         positive=("hidden_dim", "vae_hidden_dim", "batch_size", "n_samples", "act_samples", "vae_latent_dim",
@@ -132,10 +131,8 @@ def check_args(args: Args) -> None:
 def algorithm(args: Args) -> tuple[str, str]:
     """The paper's name of what the flags make (results.json `algorithm`, a row of Table 5) and the run-name variant."""
     suffix = "-train_generator" if args.train_generator else ""
-    if args.ddpg:
-        return "DDPG", "-ddpg"
-    if args.behavior:
-        return "Behavior", "-behavior" + suffix
+    if args.ddpg or args.behavior:
+        return ("DDPG", "-ddpg") if args.ddpg else ("Behavior", "-behavior" + suffix)
     variant = "".join(f"-{flag}" for flag in ("no_vd", "no_tn") if getattr(args, flag)) + suffix
     weights = [w for w, off in (("lambda_vd", args.no_vd), ("lambda_tn", args.no_tn)) if not off]
     name = "MABCQ" if len(weights) == 2 else "BCQ" + (f" w/ {weights[0]}" if weights else "")
@@ -190,8 +187,7 @@ class Perturbation(nn.Module):
 
     def __init__(self, obs_dim, act_dim, hidden_dim, phi, generators, device=None):
         super().__init__()
-        self.net = MLP(obs_dim + act_dim, act_dim, hidden_dim, generators, device=device)
-        self.phi = phi
+        self.net, self.phi = MLP(obs_dim + act_dim, act_dim, hidden_dim, generators, device=device), phi
 
     def forward(self, obs, act):  # obs [n_agents, batch, *], act [n_agents, n * batch, *] (n per state) -> like act
         return (act + self.phi * torch.tanh(self.net(act, state=obs))).clamp(-1, 1)
@@ -213,8 +209,7 @@ class Critics(nn.Module):
 
     def __init__(self, obs_dim, act_dim, hidden_dim, generators, twins=2, device=None):
         super().__init__()
-        self.net = MLP(obs_dim + act_dim, 1, hidden_dim, generators, twins=twins, device=device)
-        self.twins = twins
+        self.net, self.twins = MLP(obs_dim + act_dim, 1, hidden_dim, generators, twins=twins, device=device), twins
 
     def forward(self, obs, act):  # obs [n_agents, batch, *], act [n_agents, rows, *] -> [twins, n_agents, rows]
         n, rows, _ = act.shape
@@ -268,8 +263,7 @@ def make_networks(args, obs_dim, act_dim, generators, device) -> dict:
 
 
 def make_generative_models(args, obs_dim, act_dim, generators, device):
-    """G1(a | s) and G2(a | s, s'), created together for every row but DDPG, so that G1 starts (and, fitted on the
-    same draws, ends) the same whether or not lambda_tn is on: every row of a seed samples the same G1."""
+    """G1(a | s) and G2(a | s, s'), made together in every row but DDPG: every row of a seed fits the same G1."""
     hidden = args.vae_hidden_dim or args.hidden_dim
     g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
     g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
@@ -406,7 +400,6 @@ def fit_generative_models(g1, g2, data, args, generators, device, fit_g2=True, s
     lambda_tn once for every transition (both frozen afterwards). Returns (lambda_tn [n_agents, T] or None, logs)."""
     parameters = [*g1.parameters(), *(g2.parameters() if fit_g2 else [])]
     optimizer = torch.optim.Adam(parameters, lr=args.g_learning_rate, fused=True)
-    logs = {}
     for _ in steps(args.vae_steps):  # steps=run.fit_steps: a progress bar and the run's share of the cores
         idx = sample_indices(data["size"], (args.batch_size,), generators)
         obs, act, next_obs = gather(data["obs"], idx), gather(data["actions"], idx), gather(data["next_obs"], idx)
@@ -414,6 +407,7 @@ def fit_generative_models(g1, g2, data, args, generators, device, fit_g2=True, s
         loss_g1 = g1.loss(obs, act, noise[:, 0])
         loss_g2 = g2.loss(torch.cat([obs, next_obs], -1), act, noise[:, 1]) if fit_g2 else torch.zeros_like(loss_g1)
         optimize(optimizer, loss_g1 + loss_g2)
+    logs = {}
     if args.vae_steps:
         logs = {"vae/g1_loss": loss_g1.mean().item(), **({"vae/g2_loss": loss_g2.mean().item()} if fit_g2 else {})}
     lambda_tn = torch.empty(data["obs"].shape[:2], device=device) if fit_g2 else None
@@ -540,7 +534,7 @@ if __name__ == "__main__":
     if args.epsilon is None:
         if getattr(env, "reference_env_id", None) not in PRESETS:
             tuned = ", ".join(f"{robot} {preset['epsilon']}" for robot, preset in PRESETS.items())
-            raise InputError(f"{args.env_id}: no preset --epsilon (the paper tunes it per robot: {tuned}); pass one")
+            raise envs.InputError(f"{args.env_id}: no preset --epsilon (the paper tunes it per robot: {tuned}); pass one")
         args.epsilon = PRESETS[env.reference_env_id]["epsilon"]
     check_args(args)
     algorithm_name, variant = algorithm(args)
@@ -582,9 +576,8 @@ if __name__ == "__main__":
         if args.train_generator:
             optimizers["g1"] = torch.optim.Adam(g1.parameters(), lr=args.g_learning_rate, fused=True)
         agent = {**nets, "g1": g1} if g1 else nets  # what an agent keeps; the targets are training state
-        modules = {**agent, **{f"{k}_target": m for k, m in targets.items()}}
         sampler = datasets.Sampler(data, (*KEYS, "lambda_tn"), args.batch_size, generators)
-        run.restore(modules, optimizers, sampler)
+        run.restore({**agent, **{f"{k}_target": m for k, m in targets.items()}}, optimizers, sampler)
         update = ddpg_update if args.ddpg else behavior_update if args.behavior else bcq_update  # the row of Table 5
         update = train_generator(update) if args.train_generator else update
 
