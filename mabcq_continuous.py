@@ -6,7 +6,7 @@ Section 3.4 and Algorithm 1 -- and every other row of its Table 5.
 Every agent i is an independent offline learner on its own dataset B_i of (s, a_i, r, s', done): its own G1 and G2
 (conditional VAEs), perturbation model xi, twin critics and optimiser state; no parameter sharing, no communication.
 The N learners are one batched ensemble (a leading agent dimension on every weight), mathematically N separate learners
-(tests/test_mabcq_continuous.py). The run contract and per-agent sampling live in envs/run.py and envs/dataset.py.
+(tests/test_mabcq_continuous.py); the run contract and per-agent sampling are envs/run.py's and envs/dataset.py's.
 
     python mabcq_continuous.py --env-id hopper-3x1                      # MABCQ
     python mabcq_continuous.py --env-id hopper-3x1 --no-tn              # BCQ w/ lambda_vd (--no-vd: w/ lambda_tn)
@@ -115,10 +115,8 @@ PRESETS = {"halfcheetah-2x3": dict(epsilon=0.80), "walker2d-2x3": dict(epsilon=0
 
 def check_args(args: Args) -> None:
     """Every flag's range, before anything is read or written (dataset options: envs.resolve)."""
-    if args.ddpg and args.behavior:
-        raise envs.InputError("--ddpg and --behavior are two rows of Table 5; pick one")
-    if args.ddpg and args.train_generator:
-        raise envs.InputError("--train-generator trains BCQ's generator G1; the --ddpg row has none")
+    if args.ddpg and (args.behavior or args.train_generator):
+        raise envs.InputError("--ddpg is a row without G1: it takes neither --behavior nor --train-generator")
     contract.check_ranges(
         args, at_least_zero=("vae_steps",),
         positive=("hidden_dim", "vae_hidden_dim", "batch_size", "n_samples", "act_samples", "vae_latent_dim",
@@ -135,8 +133,7 @@ def algorithm(args: Args) -> tuple[str, str]:
         return ("DDPG", "-ddpg") if args.ddpg else ("Behavior", "-behavior" + suffix)
     variant = "".join(f"-{flag}" for flag in ("no_vd", "no_tn") if getattr(args, flag)) + suffix
     weights = [w for w, off in (("lambda_vd", args.no_vd), ("lambda_tn", args.no_tn)) if not off]
-    name = "MABCQ" if len(weights) == 2 else "BCQ" + (f" w/ {weights[0]}" if weights else "")
-    return name, variant
+    return ("MABCQ" if len(weights) == 2 else "BCQ" + (f" w/ {weights[0]}" if weights else "")), variant
 
 
 # ALGO LOGIC: the networks, one member per agent (or per agent and twin)
@@ -212,8 +209,7 @@ class Critics(nn.Module):
         self.net, self.twins = MLP(obs_dim + act_dim, 1, hidden_dim, generators, twins=twins, device=device), twins
 
     def forward(self, obs, act):  # obs [n_agents, batch, *], act [n_agents, rows, *] -> [twins, n_agents, rows]
-        n, rows, _ = act.shape
-        return self.net(act.repeat(self.twins, 1, 1), state=obs.repeat(self.twins, 1, 1)).view(self.twins, n, rows)
+        return self.net(act.repeat(self.twins, 1, 1), state=obs.repeat(self.twins, 1, 1)).view(-1, *act.shape[:2])
 
     def q1(self, obs, act):  # the first twin only: [n_agents, rows]
         return self.net(act, slice(0, act.shape[0]), state=obs).view(act.shape[:2])
@@ -260,14 +256,6 @@ def make_networks(args, obs_dim, act_dim, generators, device) -> dict:
                     actor=DeterministicActor(obs_dim, act_dim, args.hidden_dim, generators, device=device))
     return dict(critic=Critics(obs_dim, act_dim, args.hidden_dim, generators, twins=2, device=device),
                 xi=Perturbation(obs_dim, act_dim, args.hidden_dim, args.phi, generators, device))
-
-
-def make_generative_models(args, obs_dim, act_dim, generators, device):
-    """G1(a | s) and G2(a | s, s'), made together in every row but DDPG: every row of a seed fits the same G1."""
-    hidden = args.vae_hidden_dim or args.hidden_dim
-    g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
-    g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
-    return g1, g2
 
 
 def value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon, terminal="one"):
@@ -410,21 +398,19 @@ def fit_generative_models(g1, g2, data, args, generators, device, fit_g2=True, s
     logs = {}
     if args.vae_steps:
         logs = {"vae/g1_loss": loss_g1.mean().item(), **({"vae/g2_loss": loss_g2.mean().item()} if fit_g2 else {})}
-    lambda_tn = torch.empty(data["obs"].shape[:2], device=device) if fit_g2 else None
-    mu_sq = torch.zeros(2, device=device)  # sums of |mu1|^2 and |mu2|^2 over the agents' own rows: ~0 = latent unused
-    sizes, rows = torch.tensor(data["size"], device=device)[:, None], torch.arange(data["obs"].shape[1], device=device)
-    with torch.no_grad():
-        for start in range(0, data["obs"].shape[1], 65536):
-            s = slice(start, start + 65536)
-            obs, act, next_obs, own = data["obs"][:, s], data["actions"][:, s], data["next_obs"][:, s], rows[s] < sizes
+    lambda_tn, mu_sq = [], torch.zeros(2, device=device)  # sums of |mu1|^2, |mu2|^2 over own rows: ~0 = latent unused
+    own = torch.arange(data["obs"].shape[1], device=device) < torch.tensor(data["size"], device=device)[:, None]
+    with torch.no_grad():  # 65,536 rows at a time
+        chunks = zip(*(x.split(65536, 1) for x in (data["obs"], data["actions"], data["next_obs"], own)))
+        for obs, act, next_obs, is_own in chunks:
             mu1, _ = g1.encode(obs, act)
-            mu_sq[0] += ((mu1**2).sum(-1) * own).sum()
+            mu_sq[0] += ((mu1**2).sum(-1) * is_own).sum()
             if fit_g2:
                 mu2, _ = g2.encode(torch.cat([obs, next_obs], -1), act)
-                mu_sq[1] += ((mu2**2).sum(-1) * own).sum()
-                lambda_tn[:, s] = transition_normalization(mu1, mu2)
+                mu_sq[1] += ((mu2**2).sum(-1) * is_own).sum()
+                lambda_tn.append(transition_normalization(mu1, mu2))
     logs.update({f"vae/mu{k + 1}_sq_norm": mu_sq[k].item() / sum(data["size"]) for k in range(1 + fit_g2)})
-    return lambda_tn, logs
+    return torch.cat(lambda_tn, 1) if fit_g2 else None, logs
 
 
 def team_policy(args, nets, g1, seed, device):
@@ -450,8 +436,7 @@ def evaluate(env, act, critic, obs_mean, obs_std, n_episodes, gamma, lmbda, seed
     rng = np.random.default_rng(seed)
     obs = env.reset(n_episodes, rng)
     horizon = max(env.eval_episode_len, int(np.ceil(np.log(0.01) / np.log(gamma))))
-    team_return, discounted_return = np.zeros(n_episodes), np.zeros(n_episodes)
-    alive = np.ones(n_episodes, dtype=bool)
+    team_return, discounted_return, alive = np.zeros(n_episodes), np.zeros(n_episodes), np.ones(n_episodes, dtype=bool)
     for t in range(horizon):
         o = (torch.as_tensor(np.stack(obs), device=device) - obs_mean) / obs_std  # [n_agents, episodes, obs_dim]
         a = act(o)
@@ -493,7 +478,9 @@ def generator_and_weights(data, args, generators, run, obs_dim, act_dim, device)
     ones = torch.ones(data["rewards"].shape, device=device)
     if args.ddpg:
         return None, ones
-    g1, g2 = make_generative_models(args, obs_dim, act_dim, generators, device)
+    hidden = args.vae_hidden_dim or args.hidden_dim  # G1, G2 made together in every row: one G1 per seed
+    g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
+    g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
     if run.state is not None:  # G1 is restored with the other modules
         return g1, ones if run.state["lambda_tn"] is None else run.state["lambda_tn"].to(device)
     lambda_tn, run.results["vae"] = fit_generative_models(g1, g2, data, args, generators, device, fit_g2=not args.no_tn,
@@ -512,7 +499,8 @@ def evaluate_checkpoints(args, env, env_kwargs, device) -> None:
     generators = datasets.agent_generators(args.seed, range(len(ckpts)), device)
     dims = (env.obs_dims[0], env.act_dims[0])
     nets = make_networks(args, *dims, generators, device)
-    g1 = None if args.ddpg else make_generative_models(args, *dims, generators, device)[0]
+    g1 = None if args.ddpg else ConditionalVAE(*dims, args.vae_latent_dim, args.vae_hidden_dim or args.hidden_dim,
+                                               generators, device, args.vae_kl_weight)
     mean, std = contract.load_team(ckpts, {**nets, "g1": g1} if g1 else nets, "obs_mean", "obs_std", device=device)
     contract.evaluate_checkpoints(args, SCRIPT, env_kwargs, ckpts, algorithm, lambda: evaluate(
         env, team_policy(args, nets, g1, args.seed, device), nets.get("critic"), mean, std, args.eval_episodes,
@@ -534,7 +522,7 @@ if __name__ == "__main__":
     if args.epsilon is None:
         if getattr(env, "reference_env_id", None) not in PRESETS:
             tuned = ", ".join(f"{robot} {preset['epsilon']}" for robot, preset in PRESETS.items())
-            raise envs.InputError(f"{args.env_id}: no preset --epsilon (the paper tunes it per robot: {tuned}); pass one")
+            raise envs.InputError(f"{args.env_id}: no preset --epsilon (tuned per robot: {tuned}); pass one")
         args.epsilon = PRESETS[env.reference_env_id]["epsilon"]
     check_args(args)
     algorithm_name, variant = algorithm(args)

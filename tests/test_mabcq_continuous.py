@@ -536,9 +536,9 @@ def test_a_dataset_that_cannot_be_built_or_is_another_envs_is_refused_in_one_lin
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--env-id", "dg"], "error: dg: no preset --epsilon (the paper tunes it per robot"),
-    (["--ddpg", "--behavior"], "error: --ddpg and --behavior are two rows of Table 5; pick one"),
-    (["--ddpg", "--train-generator"], "error: --train-generator trains BCQ's generator G1; the --ddpg row has none"),
+    (["--env-id", "dg"], "error: dg: no preset --epsilon (tuned per robot"),
+    (["--ddpg", "--behavior"], "error: --ddpg is a row without G1: it takes neither --behavior nor --train-generator"),
+    (["--ddpg", "--train-generator"], "error: --ddpg is a row without G1: it takes neither --behavior nor --train-generator"),
     (["--phi", "0"], "error: --phi must lie in (0, 1]"),
     (["--vae-kl-weight", "0"], "error: --vae-kl-weight must be > 0"),
     (["--hidden-dim", "64", "0"], "error: --hidden-dim takes one or more positive widths"),
