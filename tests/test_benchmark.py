@@ -50,3 +50,14 @@ def test_table11_prints_the_four_methods_next_to_the_papers_numbers():
     assert len(rows) == 2 and rows[1].endswith("| 18 | 10 | 4 | 3 |"), proc.stdout
     here = [float(x) for x in rows[0].strip("|").split("|")[1:]]
     assert len(here) == 4 and all(ms > 0 for ms in here), proc.stdout
+
+
+def test_mkl_kernels_compares_each_setting_with_a_second_default_run_that_agrees():
+    proc = subprocess.run([sys.executable, "-m", "benchmark.mkl_kernels", "--states", "16", "--batch", "4"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("batch 4: default path: ")
+    assert lines[1] == "  the default again: actions differ from the default's in 0 of 16 states (max |difference| 0.0e+00)"
+    assert [line.split(":")[0].strip() for line in lines[2:]] == [
+        "MKL_ENABLE_INSTRUCTIONS=SSE4_2", "MKL_ENABLE_INSTRUCTIONS=AVX512", "MKL_CBWR=AVX2", "MKL_CBWR=COMPATIBLE"]
