@@ -478,7 +478,7 @@ def generator_and_weights(data, args, generators, run, obs_dim, act_dim, device)
     ones = torch.ones(data["rewards"].shape, device=device)
     if args.ddpg:
         return None, ones
-    hidden = args.vae_hidden_dim or args.hidden_dim  # G1, G2 made together in every row: one G1 per seed
+    hidden = args.vae_hidden_dim or args.hidden_dim  # G2 even if lambda_tn is off: every row, one G1
     g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
     g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
     if run.state is not None:  # G1 is restored with the other modules
