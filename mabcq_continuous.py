@@ -247,8 +247,7 @@ class ConditionalVAE(nn.Module):
 
 
 def make_networks(args, obs_dim, act_dim, generators, device) -> dict:
-    """The networks of the row besides the generative models, each agent's initial weights from its own stream:
-    BCQ rows twin critics and xi, DDPG one critic and a deterministic actor, Behavior none."""
+    """The row's other networks, from each agent's own stream: BCQ twin critics and xi, DDPG a critic and an actor."""
     if args.behavior:
         return {}
     if args.ddpg:
@@ -256,6 +255,12 @@ def make_networks(args, obs_dim, act_dim, generators, device) -> dict:
                     actor=DeterministicActor(obs_dim, act_dim, args.hidden_dim, generators, device=device))
     return dict(critic=Critics(obs_dim, act_dim, args.hidden_dim, generators, twins=2, device=device),
                 xi=Perturbation(obs_dim, act_dim, args.hidden_dim, args.phi, generators, device))
+
+
+def make_generative_models(args, obs_dim, act_dim, generators, device) -> list:
+    """G1(a | s) and G2(a | s, s'), made together in every row but DDPG: every row of a seed fits the same G1."""
+    return [ConditionalVAE(cond_dim, act_dim, args.vae_latent_dim, args.vae_hidden_dim or args.hidden_dim, generators,
+                           device, args.vae_kl_weight) for cond_dim in (obs_dim, 2 * obs_dim)]
 
 
 def value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon, terminal="one"):
@@ -277,8 +282,7 @@ def transition_normalization(g1_mean, g2_mean):
 
 
 def soft_clipped(q, lmbda):
-    """BCQ's soft clipped double Q, lmbda * min + (1 - lmbda) * max over the twins: q [twins, ...] -> [...].
-    With one critic (DDPG) it is that critic's value."""
+    """BCQ's soft clipped double Q, lmbda * min + (1 - lmbda) * max of twins: [twins, ...] -> [...] (DDPG: its Q)."""
     return lmbda * q.min(0).values + (1 - lmbda) * q.max(0).values
 
 
@@ -472,15 +476,12 @@ def soft_update(target, source, tau):
 
 
 def generator_and_weights(data, args, generators, run, obs_dim, act_dim, device):
-    """G1 and lambda_tn of every transition (Algorithm 1, lines 2-4): G1 (and G2 for lambda_tn) are fitted before
-    Q-learning and frozen; lambda_tn is computed once from them, restored when resuming, ones when switched off (and in
-    the DDPG row, which has no G1), and capped at --tn-max. The uncapped spread goes to results.json."""
+    """G1 and lambda_tn of every transition (Algorithm 1, lines 2-4): fitted (G2 too) before Q-learning, or restored;
+    ones when switched off or in the DDPG row (no G1); capped at --tn-max, the uncapped spread in results.json."""
     ones = torch.ones(data["rewards"].shape, device=device)
     if args.ddpg:
         return None, ones
-    hidden = args.vae_hidden_dim or args.hidden_dim  # G2 even if lambda_tn is off: every row, one G1
-    g1 = ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
-    g2 = ConditionalVAE(2 * obs_dim, act_dim, args.vae_latent_dim, hidden, generators, device, args.vae_kl_weight)
+    g1, g2 = make_generative_models(args, obs_dim, act_dim, generators, device)
     if run.state is not None:  # G1 is restored with the other modules
         return g1, ones if run.state["lambda_tn"] is None else run.state["lambda_tn"].to(device)
     lambda_tn, run.results["vae"] = fit_generative_models(g1, g2, data, args, generators, device, fit_g2=not args.no_tn,
@@ -499,8 +500,7 @@ def evaluate_checkpoints(args, env, env_kwargs, device) -> None:
     generators = datasets.agent_generators(args.seed, range(len(ckpts)), device)
     dims = (env.obs_dims[0], env.act_dims[0])
     nets = make_networks(args, *dims, generators, device)
-    g1 = None if args.ddpg else ConditionalVAE(*dims, args.vae_latent_dim, args.vae_hidden_dim or args.hidden_dim,
-                                               generators, device, args.vae_kl_weight)
+    g1 = None if args.ddpg else make_generative_models(args, *dims, generators, device)[0]
     mean, std = contract.load_team(ckpts, {**nets, "g1": g1} if g1 else nets, "obs_mean", "obs_std", device=device)
     contract.evaluate_checkpoints(args, SCRIPT, env_kwargs, ckpts, algorithm, lambda: evaluate(
         env, team_policy(args, nets, g1, args.seed, device), nets.get("critic"), mean, std, args.eval_episodes,

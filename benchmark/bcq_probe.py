@@ -72,8 +72,7 @@ def load_team(run_dir: Path):
     _, agent_data, _ = datasets.load(args.env_id, envs.resolve(args.env_id, {})[0], recipe, args.dataset_dir, agent_ids)
     data = D.stack_agents([agent_data[i] for i in agent_ids], ("obs", "actions", "rewards", "next_obs", "dones"), "cpu", normalize_obs=args.normalize_obs)
     generators = D.agent_generators(args.seed, agent_ids, "cpu")
-    g1 = M.ConditionalVAE(obs_dim, act_dim, args.vae_latent_dim, args.vae_hidden_dim or args.hidden_dim, generators, "cpu",
-                          args.vae_kl_weight)
+    g1, _ = M.make_generative_models(args, obs_dim, act_dim, generators, "cpu")
     nets = M.make_networks(args, obs_dim, act_dim, generators, "cpu")
     targets = M.make_networks(args, obs_dim, act_dim, generators, "cpu")
     g1.load_state_dict(modules["g1"])
