@@ -43,6 +43,10 @@ CASES = {
     **{f"mabcq_continuous {row}": ("mabcq_continuous.py", [*HOPPER, *flags]) for row, flags in {
         "MABCQ": [], "BCQ w/ lambda_vd": ["--no-tn"], "BCQ w/ lambda_tn": ["--no-vd"], "BCQ": ["--no-vd", "--no-tn"],
         "DDPG": ["--ddpg"], "Behavior": ["--behavior"], "MABCQ train-generator": ["--train-generator"]}.items()},
+    # the paper's batch, widths and n: the products at their real sizes (e.g. BCQ's target pass in chunks of states)
+    "mabcq_continuous MABCQ batch 1024": ("mabcq_continuous.py", [
+        *HOPPER[:8], "--hidden-dim", "64", "--batch-size", "1024", "--analysis-states", "50", "--eval-episode-len", "50",
+        "--total-steps", "200", "--eval-freq", "100"]),
 }
 
 

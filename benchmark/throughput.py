@@ -25,7 +25,9 @@ updates through `param.data.copy_`. The batched path calls the script's own func
   Defaults: smax-3m (obs 75, 8 actions), (256, 256), batch 100 (ECAI Appendix B on SMAC).
 
 Prints one line per setting: batched and naive team updates/s, ms per team update, and
-ratio=<batched/naive>; for bcq first the layout mabcq_continuous.py's products take at these sizes.
+ratio=<batched/naive> of the best of each, paired=<the median of batched/naive over the repeats> (each repeat times
+the two paths back to back, so a machine whose speed drifts, as a shared VM's does, moves both); for bcq first the
+layout mabcq_continuous.py's products take at these sizes.
 """
 
 import argparse
@@ -60,7 +62,8 @@ CQL = SimpleNamespace(gamma=0.99, tau=0.005, alpha=0.2, epsilon=0.99, lr=1e-4)  
 BCQ_LAYOUT = ("layout (mabcq_continuous.py's VectorizedLinear picks it by size, no flag): the state's share of each "
               "first layer once per state, not once per sample; last layers of <= 8 outputs on >= 2**14 inputs per "
               "member: one product per member (1 output) or the weight transposed in memory (more); all others one "
-              "batched product (docs/mabcq_continuous.md, Throughput)")
+              "batched product; the target pass 256 states (and their n samples) at a time "
+              "(docs/mabcq_continuous.md, Throughput)")
 
 
 def random_dataset(seed):
@@ -413,7 +416,7 @@ if __name__ == "__main__":
     parser.add_argument("--obs-dim", type=int, default=None, help="default per --algo: 2 (dg), 17 (HalfCheetah), 75 (smax-3m)")
     parser.add_argument("--act-dim", type=int, default=None, help="per agent, the number of actions for cql; default per --algo: 1 (dg), 3 (HalfCheetah 2x3), 8 (smax-3m)")
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
-    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements; the best of each is reported")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating measurements: the best of each, and the median of their ratios")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: elapsed time; cpu: this process's CPU time, robust on a shared machine (with one thread)")
     parser.add_argument("--table11", action="store_true", help="the paper's Table 11 instead: ms per update of MABCQ, BCQ, "
@@ -441,5 +444,7 @@ if __name__ == "__main__":
                 batched.append(MEASURE[algo][0](n_agents, hidden, batch_size, args.seconds))
                 naive.append(MEASURE[algo][1](n_agents, hidden, batch_size, args.seconds))
             b, n = max(batched), max(naive)
+            paired = float(np.median([x / y for x, y in zip(batched, naive)]))  # robust to the machine's speed drifting
             print(f"agents={n_agents} algo={algo} hidden=({hidden},{hidden}) batch={batch_size} "
-                  f"batched={b:.1f}/s ({1000 / b:.1f} ms) naive={n:.1f}/s ({1000 / n:.1f} ms) ratio={b / n:.2f}", flush=True)
+                  f"batched={b:.1f}/s ({1000 / b:.1f} ms) naive={n:.1f}/s ({1000 / n:.1f} ms) ratio={b / n:.2f} "
+                  f"paired={paired:.2f}", flush=True)

@@ -113,6 +113,22 @@ def test_bcq_target_by_hand_soft_clipped_double_q_max_over_samples_and_done_mask
         torch.testing.assert_close(loss[i], losses.sum(), rtol=1e-5, atol=1e-5)
 
 
+def test_the_target_value_a_chunk_of_states_at_a_time_is_the_whole_batchs():
+    """bcq_next_value takes `chunk` states (and their n samples) at a time for speed: each state keeps its own samples,
+    also where the chunk does not divide the batch. A product of fewer rows may take another kernel (one row: a
+    matrix-vector product), so at these tiny sizes the last bits may differ; at the paper's sizes they did not
+    (`python -m benchmark.same_numbers --only "batch 1024"` against the commit before the chunks: docs, Throughput)."""
+    critic, xi, g1 = networks()
+    next_obs, n = torch.randn(N, 7, OBS, generator=torch.Generator().manual_seed(6)), 4
+    noise = torch.randn(N, 7 * n, LATENT, generator=torch.Generator().manual_seed(7))
+    whole = M.bcq_next_value(next_obs, g1, xi, critic, noise, 0.75)
+    for chunk in (1, 3, 6):
+        torch.testing.assert_close(M.bcq_next_value(next_obs, g1, xi, critic, noise, 0.75, chunk=chunk), whole,
+                                   rtol=1e-6, atol=1e-7)
+    shifted = M.bcq_next_value(next_obs, g1, xi, critic, noise.roll(n, 1), 0.75, chunk=3)  # other samples per state
+    assert (shifted - whole).abs().max() > 1e-4
+
+
 def test_lambda_vd_by_hand_on_bcqs_own_next_value():
     critic, xi, g1 = networks()
     target_critic, target_xi, _ = networks(seed=5)  # target networks other than the online ones
