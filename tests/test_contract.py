@@ -254,6 +254,49 @@ def test_a_run_says_how_it_ended(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "runs" / "s" / "results.json").read_text())["status"] == "complete"
 
 
+def test_the_clocks_go_on_where_the_checkpoint_left_them(tmp_path, monkeypatch):
+    """On a fake clock (1 s a step, 10 s an evaluation), a run killed after its step-4 checkpoint and resumed: every
+    second of training is counted once in train_seconds and updates_per_second (the scripts before the contract
+    moved counted the interval before a resume twice: docs/results.md), the lost work after the checkpoint not at all."""
+    from envs import run as contract
+
+    @dataclasses.dataclass
+    class Args(contract.RunArgs):
+        env_id: str = "dg"
+        total_steps: int = 6
+        eval_freq: int = 2
+
+    class Sampler:  # what a checkpoint keeps of the sampler
+        state_dict, load_state_dict = (lambda self: {}), (lambda self, state: None)
+
+    now = [1000.0]
+    monkeypatch.setattr(contract.time, "time", lambda: now[0])
+    monkeypatch.chdir(tmp_path)
+
+    def train(args, stop_after):
+        run = contract.Run(args, "matd3bc", "MATD3+BC", "", {"env_kwargs": {}}, [0], torch.device("cpu"))
+        module = torch.nn.Linear(1, 1)
+        run.restore({"m": module}, {"o": torch.optim.Adam(module.parameters())}, Sampler())
+        for step in run.steps():
+            now[0] += 1.0  # a training step
+            if run.eval_due(step):
+                with run.evaluation(step):
+                    now[0] += 10.0
+            run.checkpoint(step)
+            if step == stop_after:
+                now[0] += 1.5  # work after the checkpoint that the kill loses
+                return run
+        return run
+
+    train(Args(run_name="r", exp_name="x", threads=1), stop_after=4)
+    run = train(Args(resume=str(tmp_path / "runs" / "r"), threads=1), stop_after=None)
+    entries = run.results["evaluations"]
+    assert run.results["resumed_at_steps"] == [4] and [e["step"] for e in entries] == [2, 4, 6]
+    assert [e["train_seconds"] for e in entries] == pytest.approx([2.0, 4.0, 6.0])
+    assert [e["updates_per_second"] for e in entries] == pytest.approx([1.0, 1.0, 1.0])
+    assert [e["seconds"] for e in entries] == pytest.approx([2.0, 14.0, 26.0])  # wall time as each evaluation began
+
+
 def test_core_share_gives_each_live_run_its_share(tmp_path, monkeypatch):
     from envs.run import CoreShare
 
