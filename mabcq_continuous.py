@@ -301,7 +301,7 @@ def bcq_next_value(next_obs, g1, xi_target, critic_target, noise, lmbda, chunk=2
     value from the target networks (G1 itself has no target copy, as in BCQ's code), `chunk` states at a time.
     next_obs [n_agents, batch, obs_dim], noise [n_agents, batch * n, latent] -> [n_agents, batch]."""
     n_agents, batch, _ = next_obs.shape
-    if batch > chunk:  # the same numbers, faster: the n * chunk rows of activations stay in cache (docs: Throughput)
+    if batch > chunk:  # the same math, faster: n * chunk rows of activations stay in cache (docs: Throughput)
         return torch.cat([bcq_next_value(s, g1, xi_target, critic_target, z, lmbda, chunk) for s, z in
                           zip(next_obs.split(chunk, 1), noise.split(chunk * (noise.shape[1] // batch), 1))], 1)
     act = xi_target(next_obs, g1.decode(next_obs, noise))  # the n samples of a state side by side

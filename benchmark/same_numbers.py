@@ -45,8 +45,9 @@ CASES = {
         "DDPG": ["--ddpg"], "Behavior": ["--behavior"], "MABCQ train-generator": ["--train-generator"]}.items()},
     # the paper's batch, widths and n: the products at their real sizes (e.g. BCQ's target pass in chunks of states)
     "mabcq_continuous MABCQ batch 1024": ("mabcq_continuous.py", [
-        *HOPPER[:8], "--hidden-dim", "64", "--batch-size", "1024", "--analysis-states", "50", "--eval-episode-len", "50",
-        "--total-steps", "200", "--eval-freq", "100"]),
+        "--env-id", "hopper-3x1", "--n-transitions", "300", "--vae-steps", "20", "--eval-episodes", "1",
+        "--hidden-dim", "64", "--batch-size", "1024", "--analysis-states", "50", "--eval-episode-len", "50",
+        "--total-steps", "200", "--eval-freq", "100"]),  # n = 10, the default
 }
 
 
