@@ -55,6 +55,16 @@ def test_table_sizes_are_the_briefs():
     assert size("table8") == 4 * 4 * 4 * 3 and size("table10") == 3 * 3 * 3 * 3 and size("fig1d") == 2 * 3
     assert {r.steps for r in grid.expand("table5", specs.load("table5"), "paper")} == {300_000}
     assert {r.steps for r in grid.expand("table9", specs.load("table9"), "reduced")} == {30_000, 100_000}
+    # the terminal ablation: Table 5's Hopper MABCQ and BCQ w/ lambda_vd runs, each with both settings, nothing else changed
+    seed = lambda run: run.name.rsplit("__s", 1)[1]  # noqa: E731
+    hopper = {(r.method, seed(r)): r.flags for r in grid.expand("table5", specs.load("table5"), "reduced")
+              if r.group == "hopper-3x1" and r.method in ("MABCQ", "BCQ w/ lambda_vd")}
+    terminal = grid.expand("table5-terminal", specs.load("table5-terminal"), "reduced")
+    assert len(terminal) == 2 * 2 * 3 and {r.method.split(", ")[1] for r in terminal} == {"vd-terminal one", "vd-terminal formula"}
+    for r in terminal:
+        method, how = r.method.split(", vd-terminal ")
+        at = r.flags.index("--vd-terminal")
+        assert r.flags[at + 1] == how and r.flags[:at] + r.flags[at + 2:] == hopper[method, seed(r)]
 
 
 def test_dry_run_prints_the_commands_with_their_flags(capsys, tmp_path):
