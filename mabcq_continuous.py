@@ -269,11 +269,9 @@ def value_deviation(next_value, q_sa, rewards, dones, gamma, epsilon, terminal="
     E[V(s')] is estimated from the sample as (Q(s, a) - r) / gamma. A terminal transition has no next state: its weight
     is 1 (terminal="one"), or the expression with V'(s') = 0 (terminal="formula"), 1 - sign(E) before the clip."""
     expected = (q_sa - rewards) / gamma
-    if terminal == "formula":
-        next_value = torch.where(dones, torch.zeros_like(next_value), next_value)
-    lambda_vd = 1 + (next_value - expected) / (expected.abs() + 1e-6)
-    lambda_vd = lambda_vd.clamp(1 - epsilon, 1 + epsilon)
-    return lambda_vd if terminal == "formula" else torch.where(dones, torch.ones_like(lambda_vd), lambda_vd)
+    next_value = next_value.masked_fill(dones, 0.0) if terminal == "formula" else next_value
+    lambda_vd = (1 + (next_value - expected) / (expected.abs() + 1e-6)).clamp(1 - epsilon, 1 + epsilon)
+    return lambda_vd if terminal == "formula" else lambda_vd.masked_fill(dones, 1.0)
 
 
 def transition_normalization(g1_mean, g2_mean):
@@ -402,9 +400,8 @@ def fit_generative_models(g1, g2, data, args, generators, device, fit_g2=True, s
         loss_g1 = g1.loss(obs, act, noise[:, 0])
         loss_g2 = g2.loss(torch.cat([obs, next_obs], -1), act, noise[:, 1]) if fit_g2 else torch.zeros_like(loss_g1)
         optimize(optimizer, loss_g1 + loss_g2)
-    logs = {}
-    if args.vae_steps:
-        logs = {"vae/g1_loss": loss_g1.mean().item(), **({"vae/g2_loss": loss_g2.mean().item()} if fit_g2 else {})}
+    logs = ({"vae/g1_loss": loss_g1.mean().item(), **({"vae/g2_loss": loss_g2.mean().item()} if fit_g2 else {})}
+            if args.vae_steps else {})  # no losses without a fit
     lambda_tn, mu_sq = [], torch.zeros(2, device=device)  # sums of |mu1|^2, |mu2|^2 over own rows: ~0 = latent unused
     own = torch.arange(data["obs"].shape[1], device=device) < torch.tensor(data["size"], device=device)[:, None]
     with torch.no_grad():  # 65,536 rows at a time

@@ -94,7 +94,7 @@ def _table5_terminal() -> Table:
     methods = {f"{m}, vd-terminal {how}": (script, [*flags, "--vd-terminal", how])
                for m, (script, flags) in table5.methods.items() if m in ("MABCQ", "BCQ w/ lambda_vd")
                for how in ("one", "formula")}
-    return Table("Table 5's Hopper with lambda_vd of terminal transitions by the formula (D4RL-normalised score)", [
+    return Table("Table 5's Hopper: lambda_vd of terminal transitions, 1 against the paper's expression (D4RL-normalised score)", [
         Group(table5.name, list(table5.flags), methods, dict(table5.steps), dict(table5.seeds), metric=table5.metric,
               extra_metrics=table5.extra_metrics)],
         note="Not in the paper: lambda_vd is 1 on terminal transitions in the paper's tables here (`one`, the default; "
