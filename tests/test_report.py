@@ -62,3 +62,22 @@ def test_a_page_from_another_archive_says_what_its_runs_are(tmp_path, archive):
     assert report.main(["table5-kl", "--runs-root", "none", "--archive", str(path), "--out", str(tmp_path), "--reps", "50"]) == 0
     text = (tmp_path / "results" / "table5-kl.md").read_text()
     assert text.splitlines()[2] == f"*{report.ARCHIVES[archive]}*"
+
+
+def test_the_aggregate_takes_each_method_over_the_groups_where_it_has_every_seed(tmp_path, monkeypatch):
+    # a group still running (one seed of three) neither drops a method from "All groups" nor enters its IQM
+    monkeypatch.setattr(grid, "DEFAULT_RUNS_ROOT", tmp_path / "no-runs")
+    archive = tmp_path / "archive" / "table5"
+    archive.mkdir(parents=True)
+    for name in ["halfcheetah-2x3__BCQ_w_lambda_tn__s1", "halfcheetah-2x3__BCQ_w_lambda_tn__s2",
+                 "halfcheetah-2x3__BCQ_w_lambda_tn__s3", "hopper-3x1__BCQ_w_lambda_tn__s1"]:
+        (archive / f"{name}.json").write_bytes((grid.DEFAULT_ARCHIVE / "table5" / f"{name}.json").read_bytes())
+    assert report.main(["table5", "--runs-root", "none", "--archive", str(archive.parent), "--out", str(tmp_path / "docs"),
+                        "--reps", "200"]) == 0
+    text = (tmp_path / "docs" / "results" / "table5.md").read_text()
+    cell = lambda part: next(line for line in part.splitlines() if line.startswith("| BCQ w/ lambda_tn |"))  # noqa: E731
+    halfcheetah = cell(text.split("## halfcheetah-2x3")[1].split("## hopper-3x1")[0]).split(" | ")
+    aggregate = cell(text.split("## All groups")[1]).split(" | ")
+    assert halfcheetah[1].endswith("(3)") and "(1)" in cell(text.split("## hopper-3x1")[1])
+    assert aggregate[1] == "1"  # HalfCheetah's three seeds; Hopper's one seed is not a complete group
+    assert aggregate[2].rstrip(" |") == halfcheetah[2]  # the same IQM and interval as HalfCheetah's cell
