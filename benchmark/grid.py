@@ -351,6 +351,20 @@ def stop(signum, frame):
     raise KeyboardInterrupt
 
 
+def start_local_ray(ray, num_cpus: int, attempts: int = 3) -> None:
+    """A new local Ray instance. Ray gives its raylet 30 s to register, which a machine busy with other jobs can miss
+    (seen on 2 cores beside a dataset build): try again, then stop with one line instead of Ray's traceback."""
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+            return
+        except Exception as error:  # Ray raises a bare Exception for the timeout
+            ray.shutdown()
+            print(f"Ray's local instance did not start (attempt {attempt} of {attempts}): {error}", flush=True)
+    raise SystemExit(f"error: Ray's local instance did not start in {attempts} attempts; the machine may be too busy "
+                     "(see `top`): stop other jobs or run the grid again")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", help=f"one of {', '.join(specs.TABLES)} (or a name for --spec-file)")
@@ -388,7 +402,7 @@ def main(argv=None) -> int:
     if started_ray and args.address:
         ray.init(address=args.address, log_to_driver=False)
     elif started_ray:  # address="local": never attach to another grid's instance on this machine
-        ray.init(address="local", num_cpus=args.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
+        start_local_ray(ray, args.num_cpus or os.cpu_count())
     STOP.clear()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}  # `kill` stops the runs as Ctrl-C does
     start = time.time()

@@ -443,3 +443,30 @@ def test_a_run_gets_its_threads_and_the_heap_settings_and_the_users_environment_
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert grid.execute([sys.executable, "-c", show], str(tmp_path), str(tmp_path / "two.txt"), threads=2) == 0
     assert (tmp_path / "two.txt").read_text().splitlines()[-1] == "2 123 None"
+
+
+class FlakyRay:
+    """Stands in for ray: init fails `failures` times as Ray's startup timeout does, then succeeds."""
+
+    def __init__(self, failures):
+        self.failures, self.inits, self.shutdowns = failures, 0, 0
+
+    def init(self, **kwargs):
+        self.inits += 1
+        assert kwargs["address"] == "local" and kwargs["num_cpus"] == 2
+        if self.inits <= self.failures:
+            raise Exception("The current node timed out during startup.")
+
+    def shutdown(self):
+        self.shutdowns += 1
+
+
+def test_a_local_ray_that_times_out_at_startup_is_tried_again_then_stopped_with_one_line(capsys):
+    flaky = FlakyRay(failures=1)
+    grid.start_local_ray(flaky, 2)
+    assert (flaky.inits, flaky.shutdowns) == (2, 1)
+    assert "did not start (attempt 1 of 3): The current node timed out" in capsys.readouterr().out
+    dead = FlakyRay(failures=5)
+    with pytest.raises(SystemExit, match="did not start in 3 attempts; the machine may be too busy"):
+        grid.start_local_ray(dead, 2)
+    assert (dead.inits, dead.shutdowns) == (3, 3)
