@@ -112,7 +112,8 @@ def intel_cpu() -> bool:
 
 
 def test_results_do_not_depend_on_the_thread_count(reference, request):
-    """Why `--threads 0` may change torch's threads mid-run: the results are the same on one thread and on two.
+    """Why `--threads 0` may change torch's threads mid-run: the results are the same on one thread and on two
+    (on the AMD VMs; not for MABCQ on an Intel one, below, docs/contention.md).
     At the tiny sizes of the reference torch never splits work, so this run uses 256-wide networks and batches of 512,
     where matmuls and reductions are split over the threads (two threads beside the other test worker run slowly)."""
     script, cwd, _ = reference
