@@ -290,7 +290,8 @@ def cpu_info() -> dict:
     with contextlib.suppress(OSError, StopIteration):
         model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name"))
-    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability()}
+    return {"model": model, "torch_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkl_cbwr": os.environ.get("MKL_CBWR")}  # MKL's kernel choice; AUTO,STRICT: the same on any thread count
 
 
 # the per-agent checkpoints of --save-model: agent i's members of every ensemble module (members i, i + n, ...)

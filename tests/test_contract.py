@@ -111,23 +111,24 @@ def intel_cpu() -> bool:
     return "GenuineIntel" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
 
 
-def test_results_do_not_depend_on_the_thread_count(reference, request):
-    """Why `--threads 0` may change torch's threads mid-run: the results are the same on one thread and on two
-    (on the AMD VMs; not for MABCQ on an Intel one, below, docs/contention.md).
+def test_results_do_not_depend_on_the_thread_count(reference):
+    """Why `--threads 0` may change torch's threads mid-run: the results are the same on one thread and on two.
     At the tiny sizes of the reference torch never splits work, so this run uses 256-wide networks and batches of 512,
-    where matmuls and reductions are split over the threads (two threads beside the other test worker run slowly)."""
+    where matmuls and reductions are split over the threads (two threads beside the other test worker run slowly).
+    On an Intel CPU MKL splits a product's sum by the thread count (MABCQ's 2-thread run differed from its 1-thread
+    run every time on an Intel Xeon VM, 2026-12-05) unless told not to: there both runs use MKL_CBWR=AUTO,STRICT,
+    as docs/results.md tells Intel users."""
     script, cwd, _ = reference
-    # Found 2026-12-05: on an Intel Xeon VM (AVX-512) MABCQ's run on two threads differs from one thread's, every time;
-    # on the AMD EPYC VMs it never did. Not yet traced (MKL's own kernels on Intel are the suspect): expected to fail there.
-    request.applymarker(pytest.mark.xfail(script == "mabcq_continuous.py" and intel_cpu(), strict=False,
-                                          reason="thread-count dependence on Intel CPUs, not yet traced"))
+    strict = {"MKL_CBWR": "AUTO,STRICT"} if intel_cpu() else {}
     big = [*TINY[script], "--hidden-dim", "256", "--batch-size", "512", "--total-steps", "60", "--eval-freq", "60",
            "--vae-steps", "10", "--save-model"]
     if script == "mabcq_continuous.py":
         big[big.index("--hidden-dim") + 1: big.index("--hidden-dim") + 2] = ["256", "256"]
-    run_script(script, cwd, *big, "--run-name", "one-thread", "--threads", "1")
-    run_script(script, cwd, *big, "--run-name", "two-threads", "--threads", "2", env={"OMP_NUM_THREADS": "2"})
+    run_script(script, cwd, *big, "--run-name", "one-thread", "--threads", "1", env=strict)
+    run_script(script, cwd, *big, "--run-name", "two-threads", "--threads", "2", env={"OMP_NUM_THREADS": "2", **strict})
     assert_same(learned(cwd / "runs" / "two-threads"), learned(cwd / "runs" / "one-thread"))
+    one = json.loads((cwd / "runs" / "one-thread" / "results.json").read_text())
+    assert one["cpu"]["mkl_cbwr"] == strict.get("MKL_CBWR", os.environ.get("MKL_CBWR"))
 
 
 def test_results_schema(reference):
