@@ -195,6 +195,7 @@ def machine(found: dict) -> str:
     for results, _ in found.values():
         cpu = results.get("cpu")  # absent before 2026-12-02
         host = f"{results.get('host')}" + (f", {cpu['model']}, torch {cpu['torch_capability']} kernels" if cpu else ", CPU not recorded")
+        host += f", MKL_CBWR={cpu['mkl_cbwr']}" if cpu and cpu.get("mkl_cbwr") else ""  # recorded since 2026-12-05
         hosts[host] = hosts.get(host, 0) + 1
         threads = results.get("threads")
         cpu_seconds += results.get("seconds", 0.0) * (threads if isinstance(threads, int) else 1)

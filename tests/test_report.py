@@ -81,3 +81,14 @@ def test_the_aggregate_takes_each_method_over_the_groups_where_it_has_every_seed
     assert halfcheetah[1].endswith("(3)") and "(1)" in cell(text.split("## hopper-3x1")[1])
     assert aggregate[1] == "1"  # HalfCheetah's three seeds; Hopper's one seed is not a complete group
     assert aggregate[2].rstrip(" |") == halfcheetah[2]  # the same IQM and interval as HalfCheetah's cell
+
+
+def test_the_machine_line_names_an_mkl_kernel_setting_when_a_run_had_one():
+    record = {"host": "vm", "started": "2026-12-05T08:00:00", "threads": 1, "seconds": 3600.0,
+              "versions": {"python": "3.11.7", "torch": "2.13.0+cpu"},
+              "cpu": {"model": "Intel(R) Xeon(R) Processor", "torch_capability": "AVX512", "mkl_cbwr": None}}
+    strict = {**record, "cpu": {**record["cpu"], "mkl_cbwr": "AUTO,STRICT"}}
+    line = report.machine({"a": (record, None), "b": (strict, None)})
+    assert "`vm, Intel(R) Xeon(R) Processor, torch AVX512 kernels` (1 run)" in line
+    assert "`vm, Intel(R) Xeon(R) Processor, torch AVX512 kernels, MKL_CBWR=AUTO,STRICT` (1 run)" in line
+    assert "2.00 CPU-hours" in line
