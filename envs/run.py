@@ -199,7 +199,8 @@ class CoreShare:
     """`--threads 0` shares the cores with this project's other runs on the machine: each run keeps a pid
     file in one folder and, at every `update()` (once a second at most), uses max(1, cores // live runs) threads. Two runs that
     each use both of two cores slow each other down ~6x (docs/contention.md). OMP_NUM_THREADS, when set,
-    caps the cores. `--threads N` fixes N. The results do not depend on the thread count (tested)."""
+    caps the cores. `--threads N` fixes N. The results do not depend on the thread count (tested; on an
+    Intel CPU only under MKL_CBWR=AUTO,STRICT, docs/results.md)."""
 
     FOLDER = Path(tempfile.gettempdir()) / "odmarl-runs"
 
